@@ -1,0 +1,125 @@
+"""Dataset for the standard array format: (N, C, T, V, M) float32 `.npy` + (names, labels) pickle.
+
+The dataset only reads clips; augmentation happens batched on the device (feeder/augment.py).
+The original feeder names are aliases of this class and their augmentation keys are kept
+in `view_args`, which the processor hands to the view pipeline.
+"""
+import os
+import pickle
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from torchlight.registry import FEEDERS
+
+# Keys of the original feeders that configure augmentation rather than reading.
+VIEW_KEYS = ('shear_amplitude', 'temperal_padding_ratio', 'aug_method', 'blur_normalized', 'layout')
+
+
+class DataError(ValueError):
+    """Bad dataset files: the message names the file and what is wrong."""
+
+
+def read_labels(label_path, expected=None):
+    try:
+        with open(label_path, 'rb') as f:
+            content = pickle.load(f)
+    except FileNotFoundError:
+        raise DataError(f'label file not found: {label_path}') from None
+    except Exception as err:
+        raise DataError(f'cannot read label pickle {label_path}: {err}') from None
+    if not (isinstance(content, (tuple, list)) and len(content) == 2):
+        raise DataError(f'{label_path}: expected a pickle of (sample_names, labels), '
+                        f'got {type(content).__name__}')
+    names, labels = list(content[0]), [int(x) for x in content[1]]
+    if len(names) != len(labels):
+        raise DataError(f'{label_path}: {len(names)} sample names but {len(labels)} labels')
+    if expected is not None and len(labels) != expected:
+        raise DataError(f'{label_path}: {len(labels)} labels but the data array holds {expected} clips')
+    if labels and min(labels) < 0:
+        raise DataError(f'{label_path}: labels must be >= 0 (found {min(labels)})')
+    return names, labels
+
+
+def balanced_subset(labels, fraction, seed):
+    """Indices of a class-balanced subset: round(fraction * n_c) samples of every class c
+    (at least one), drawn reproducibly from `seed`, returned sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        count = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.choice(members, size=min(count, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+@FEEDERS.register('skeleton_array', aliases=[
+    'feeder.ntu_feeder.Feeder_single', 'feeder.ntu_feeder.Feeder_dual',
+    'feeder.ntu_feeder.Feeder_triple', 'feeder.ntu_feeder.Feeder_semi',
+    'feeder.ntu_feeder.Feeder', 'feeder.feeder.Feeder'])
+class SkeletonArrayDataset(Dataset):
+    """Reads `data_path` (memory-mapped when `mmap`) and `label_path`.
+
+    label_percent < 1 keeps a class-balanced subset (semi-supervised protocol), chosen from
+    `subset_seed`. `check_finite` scans the array once (in chunks) for NaN/inf.
+    """
+
+    def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
+                 check_finite=True, shear_amplitude=-1, temperal_padding_ratio=-1,
+                 aug_method='', blur_normalized=True, layout=None, num_frame_path=None,
+                 window_size=-1, debug=False):
+        if not os.path.isfile(data_path):
+            raise DataError(f'data file not found: {data_path}')
+        try:
+            self.data = np.load(data_path, mmap_mode='r' if mmap else None)
+        except Exception as err:
+            raise DataError(f'cannot read {data_path} as a .npy array: {err}') from None
+        if self.data.ndim != 5:
+            raise DataError(f'{data_path}: expected a 5-D array (N, C, T, V, M), got shape {self.data.shape}')
+        if check_finite:
+            self._check_finite(data_path)
+        n = self.data.shape[0]
+        if label_path:
+            self.sample_name, self.label = read_labels(label_path, expected=n)
+        else:   # unlabelled pretraining data
+            self.sample_name, self.label = [f'{i:06d}' for i in range(n)], [-1] * n
+        self.index = np.arange(n)
+        if label_percent < 1.0:
+            if not label_path:
+                raise DataError('label_percent < 1 needs a label_path')
+            self.index = balanced_subset(self.label, label_percent, subset_seed)
+        self.view_args = dict(shear_amplitude=shear_amplitude,
+                              temperal_padding_ratio=temperal_padding_ratio,
+                              aug_method=aug_method, blur_normalized=blur_normalized, layout=layout)
+        self.data_path = data_path
+
+    def _check_finite(self, path, chunk=1024):
+        for start in range(0, self.data.shape[0], chunk):
+            block = np.asarray(self.data[start:start + chunk])
+            if not np.isfinite(block).all():
+                bad = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(1))[0])
+                raise DataError(f'{path}: clip {bad} contains NaN or inf values')
+
+    @property
+    def shape(self):
+        return (len(self),) + tuple(self.data.shape[1:])
+
+    @property
+    def num_class(self):
+        return max(self.label) + 1 if self.label and max(self.label) >= 0 else 0
+
+    def names(self):
+        return [self.sample_name[i] for i in self.index]
+
+    def labels(self):
+        return [self.label[i] for i in self.index]
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, item):
+        i = int(self.index[item])
+        clip = torch.from_numpy(np.array(self.data[i], dtype=np.float32))
+        return clip, self.label[i], item

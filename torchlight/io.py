@@ -1,0 +1,159 @@
+"""Work directory, logging, tensorboard, atomic checkpoints and reference-format weight loading."""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+
+import torch
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint that cannot be loaded into the model (names the file and the keys at fault)."""
+
+
+# ----------------------------------------------------------------------------- work dir / log
+class Logger:
+    """Prints and appends '[mm.dd.yy|HH:MM:SS] line' to work_dir/log.txt (file kept open)."""
+
+    def __init__(self, work_dir=None, enabled=True, print_log=True):
+        self.enabled = enabled
+        self.print_log = print_log
+        self._file = None
+        if enabled and work_dir:
+            os.makedirs(work_dir, exist_ok=True)
+            self._file = open(os.path.join(work_dir, 'log.txt'), 'a', buffering=1)
+
+    def __call__(self, text):
+        if not self.enabled:
+            return
+        line = f'[{time.strftime("%m.%d.%y|%H:%M:%S")}] {text}'
+        if self.print_log:
+            try:
+                from tqdm import tqdm
+                tqdm.write(line, file=sys.stdout)
+            except ImportError:
+                print(line, flush=True)
+        if self._file:
+            self._file.write(line + '\n')
+
+    def close(self):
+        if self._file:
+            self._file.close()
+            self._file = None
+
+
+class NullWriter:
+    """Stands in for a SummaryWriter on non-zero ranks or when tensorboard is unavailable."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def summary_writer(log_dir, enabled=True):
+    if not enabled:
+        return NullWriter()
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return NullWriter()
+    return SummaryWriter(log_dir)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, then rename: a kill never leaves a
+    truncated checkpoint, and an existing file is replaced only by a complete one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# Non-tensor objects that released checkpoints of the original code bases contain
+# (AS-CAL stores its argparse options). Everything else must be tensors and containers.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def read_checkpoint(path):
+    """torch.load with weights_only=True and the small allow-list above."""
+    if not os.path.isfile(path):
+        raise WeightsError(f'checkpoint not found: {path}')
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # pickle errors come in several classes
+        raise WeightsError(f'cannot read checkpoint {path} safely (weights_only=True): {err}') from None
+
+
+def state_dict_of(obj, path='<checkpoint>'):
+    """The flat {key: tensor} mapping inside a checkpoint of any supported layout:
+    AimCLR/ASAR flat dicts, `{'state_dict': ...}` (ISC, HiCo, ours), `{'model': ...}` (AS-CAL)."""
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for key in ('state_dict', 'model', 'model_state'):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return state_dict_of(obj[key], path)
+    raise WeightsError(f'{path}: no state dict found (top-level keys: '
+                       f'{list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__})')
+
+
+def strip_module(key):
+    """Keep the text after the last 'module.' (DataParallel/DDP wrappers), as the reference does."""
+    return key.rsplit('module.', 1)[-1]
+
+
+def load_weights(model, path, ignore_weights=(), log=print, rename=None):
+    """Load `path` into `model` with the reference rules (reference doc 1.6).
+
+    1. keys lose everything up to the last 'module.'; 2. every key starting with an
+    `ignore_weights` prefix is dropped; 3. keys the model has but the file lacks are listed
+    and keep their current values; 4. keys the file has but the model lacks, and shape
+    mismatches, are errors. `rename` optionally maps {old prefix: new prefix} first.
+    Returns the list of missing keys.
+    """
+    weights = OrderedDict((strip_module(k), v) for k, v in state_dict_of(read_checkpoint(path), path).items())
+    for old, new in (rename or {}).items():
+        weights = OrderedDict((new + k[len(old):] if k.startswith(old) else k, v) for k, v in weights.items())
+    for prefix in ignore_weights:
+        for key in [k for k in weights if k.startswith(prefix)]:
+            log(f'Filter [{prefix}] remove weights [{key}].')
+            del weights[key]
+    own = model.state_dict()
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [f'{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in weights if k in own and weights[k].shape != own[k].shape]
+    if unexpected or mismatched:
+        lines = []
+        if unexpected:
+            lines.append(f'unexpected keys (add their prefixes to ignore_weights): {unexpected[:20]}'
+                         + (f' ... and {len(unexpected) - 20} more' if len(unexpected) > 20 else ''))
+        if mismatched:
+            lines.append(f'shape mismatches: {mismatched[:20]}')
+        raise WeightsError(f'cannot load {path}: ' + '; '.join(lines))
+    missing = [k for k in own if k not in weights]
+    for key in missing:
+        log(f'Can not find weights [{key}].')
+    merged = OrderedDict(own)
+    merged.update({k: v.to(own[k].dtype) for k, v in weights.items()})
+    model.load_state_dict(merged, strict=True)
+    log(f'Loaded {len(weights)} tensors from {path}' + (f'; {len(missing)} missing' if missing else ''))
+    return missing
+
+
+def reference_state_dict(model):
+    """Flat CPU state dict with 'module.' removed: the format the reference saves and loads."""
+    return OrderedDict((strip_module(k), v.detach().cpu()) for k, v in model.state_dict().items())
