@@ -13,10 +13,6 @@ from torch.utils.data import Dataset
 
 from torchlight.registry import FEEDERS
 
-# Keys of the original feeders that configure augmentation rather than reading.
-VIEW_KEYS = ('shear_amplitude', 'temperal_padding_ratio', 'aug_method', 'blur_normalized', 'layout')
-
-
 class DataError(ValueError):
     """Bad dataset files: the message names the file and what is wrong."""
 
@@ -67,8 +63,8 @@ class SkeletonArrayDataset(Dataset):
     """
 
     def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
-                 check_finite=True, shear_amplitude=-1, temperal_padding_ratio=-1,
-                 aug_method='', blur_normalized=True, layout=None, num_frame_path=None,
+                 check_finite=True, shear_amplitude=None, temperal_padding_ratio=None,
+                 aug_method=None, blur_normalized=None, layout=None, num_frame_path=None,
                  window_size=-1, debug=False):
         if not os.path.isfile(data_path):
             raise DataError(f'data file not found: {data_path}')
@@ -90,9 +86,11 @@ class SkeletonArrayDataset(Dataset):
             if not label_path:
                 raise DataError('label_percent < 1 needs a label_path')
             self.index = balanced_subset(self.label, label_percent, subset_seed)
-        self.view_args = dict(shear_amplitude=shear_amplitude,
-                              temperal_padding_ratio=temperal_padding_ratio,
-                              aug_method=aug_method, blur_normalized=blur_normalized, layout=layout)
+        # Only keys the config set: pretraining fills in the reference defaults, evaluation
+        # treats an absent key as 'no augmentation'.
+        given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
+                     aug_method=aug_method, blur_normalized=blur_normalized, layout=layout)
+        self.view_args = {k: v for k, v in given.items() if v is not None}
         self.data_path = data_path
 
     def _check_finite(self, path, chunk=1024):

@@ -16,10 +16,9 @@ _PLUGIN_MODULES = (
     'net.aimclr',
     'net.asar',
     'processor.pretrain',
-    'processor.linear_evaluation',
+    'processor.evaluation',
     'processor.knn_retrieval',
     'processor.extract_features',
-    'processor.finetune_evaluation',
 )
 _loaded = False
 

@@ -1,0 +1,217 @@
+"""The engine shared by every task: options, work dir, device, model/weights, data, optimiser."""
+import os
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from feeder.streams import to_stream
+from torchlight import dist
+from torchlight.config import ConfigError, Opt, build_config, check_kwargs, dump
+from torchlight.io import Logger, load_weights, summary_writer
+from torchlight.registry import ENCODERS, FEEDERS, MODELS
+
+
+def device_spec(value):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | GPU index | list of GPU indices (reference style)."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    if text in ('auto', 'cpu', 'cuda') or (text.startswith('cuda:') and text[5:].isdigit()):
+        return text
+    raise ValueError
+
+
+def resume_spec(value):
+    """'' (off) | 'auto' | a checkpoint path; a bare --resume means 'auto'."""
+    if value is True:
+        return 'auto'
+    if value in (False, None):
+        return ''
+    return str(value)
+
+
+BASE_OPTIONS = {
+    # -- run
+    'work_dir': Opt('./work_dir/tmp', str, 'folder for log.txt, config.yaml, tensorboard events, checkpoints'),
+    'config': Opt(None, str, 'YAML file with option values (command line wins over it)'),
+    'phase': Opt('train', str, "'train', or 'test' (evaluate `weights` once)"),
+    'seed': Opt(0, int, 'base seed; every rank, epoch and step derives its own random stream from it'),
+    'deterministic': Opt(False, bool, 'cuDNN deterministic mode (slower)'),
+    'use_gpu': Opt(True, bool, 'reference key: false forces the CPU'),
+    'device': Opt('auto', device_spec, "auto | cpu | cuda | cuda:N | GPU index list (reference: [0])"),
+    'num_worker': Opt(4, int, 'DataLoader worker processes (capped at the CPU count)'),
+    'debug': Opt(False, bool, 'reference key (unused)'),
+    'pavi_log': Opt(False, bool, 'reference key (unused)'),
+    'save_log': Opt(True, bool, 'write work_dir/log.txt'),
+    'print_log': Opt(True, bool, 'print log lines'),
+    'log_interval': Opt(100, int, 'iterations between log lines'),
+    'save_interval': Opt(10, int, 'epochs between reference-format checkpoints (-1: never)'),
+    'eval_interval': Opt(5, int, 'epochs between evaluations (-1: never)'),
+    'save_result': Opt(True, bool, 'write per-sample test scores (test_result.pkl)'),
+    'start_epoch': Opt(0, int, 'reference key: first epoch index (use resume to continue a run)'),
+    'num_epoch': Opt(80, int, 'number of epochs'),
+    'resume': Opt('', resume_spec, "'' | auto | checkpoint path: continue a killed run"),
+    # -- data
+    'train_feeder': Opt('skeleton_array', str, 'training dataset class (reference dotted names accepted)'),
+    'test_feeder': Opt('skeleton_array', str, 'test dataset class'),
+    'train_feeder_args': Opt({}, dict, 'data_path, label_path, mmap, augmentation keys, ...'),
+    'test_feeder_args': Opt({}, dict, 'data_path, label_path, mmap, ...'),
+    'batch_size': Opt(256, int, 'global training batch size (split over ranks under torchrun)'),
+    'test_batch_size': Opt(256, int, 'evaluation batch size'),
+    'stream': Opt('joint', str, 'joint | motion | bone, applied to every view'),
+    # -- model
+    'model': Opt(None, str, 'method class (e.g. skeletonclr, net.aimclr.AimCLR)'),
+    'model_args': Opt({}, dict, 'method and encoder constructor arguments'),
+    'weights': Opt(None, str, 'checkpoint to initialise from (reference loading rules)'),
+    'ignore_weights': Opt([], (list, str), 'key prefixes dropped from `weights` before loading'),
+    # -- optimisation
+    'optimizer': Opt('SGD', str, 'SGD | Adam'),
+    'base_lr': Opt(0.01, float, 'initial learning rate'),
+    'step': Opt([], (list, int), 'epochs after which lr is multiplied by 0.1'),
+    'nesterov': Opt(True, bool, 'Nesterov momentum for SGD'),
+    'weight_decay': Opt(1e-4, float, 'weight decay'),
+    # -- accepted for compatibility with reference files of other tasks
+    'mining_epoch': Opt(int(1e6), int, 'AimCLR: epoch after which nearest neighbours are mined'),
+    'topk': Opt(1, int, 'AimCLR: neighbours mined per view'),
+}
+
+
+class Processor:
+    """Base task. Subclasses extend `options` and implement `start()`."""
+
+    options = BASE_OPTIONS
+    description = ''
+
+    def __init__(self, cfg, argv=()):
+        self.cfg = cfg
+        self.validate()
+        self.device = dist.resolve_device(cfg['device'], cfg['use_gpu'], dist.local_rank())
+        dist.init_distributed(self.device)
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        self.work_dir = cfg['work_dir']
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.log = Logger(self.work_dir if cfg['save_log'] else None,
+                          enabled=self.is_main, print_log=cfg['print_log'])
+        if self.is_main:
+            self._write_config(argv)
+        dist.seed_everything(cfg['seed'] + self.rank, cfg['deterministic'])
+        self.interactive = sys.stdout.isatty() and self.is_main
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def from_argv(cls, argv):
+        return cls(build_config(cls.options, argv), argv)
+
+    def validate(self):
+        cfg = self.cfg
+        if cfg['phase'] not in ('train', 'test'):
+            raise ConfigError(f"option 'phase' must be train or test, got {cfg['phase']!r}")
+        if cfg['stream'] not in ('joint', 'motion', 'bone'):
+            raise ConfigError(f"option 'stream' must be joint, motion or bone, got {cfg['stream']!r}")
+        if cfg['optimizer'] not in ('SGD', 'Adam'):
+            raise ConfigError(f"option 'optimizer' must be SGD or Adam, got {cfg['optimizer']!r}")
+        for key in ('batch_size', 'test_batch_size'):
+            if cfg[key] < 1:
+                raise ConfigError(f'option {key!r} must be >= 1, got {cfg[key]}')
+
+    def _write_config(self, argv):
+        path = os.path.join(self.work_dir, 'config.yaml')
+        header = 'command line: ' + ' '.join([os.path.basename(sys.argv[0])] + list(sys.argv[1:2]) + list(argv))
+        if os.path.exists(path):   # keep the previous run's config instead of overwriting it
+            os.replace(path, os.path.join(self.work_dir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.yaml'))
+        dump(self.cfg, path, header)
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, **overrides):
+        cfg = self.cfg
+        if not cfg['model']:
+            raise ConfigError("option 'model' is not set (e.g. model: skeletonclr)")
+        try:
+            model_cls = MODELS.get(cfg['model'])
+        except KeyError as err:
+            raise ConfigError(f"option 'model': {err.args[0]}") from None
+        args = dict(cfg['model_args'], **overrides)
+        encoder_name = args.get('base_encoder', 'net.st_gcn.Model')
+        try:
+            encoder_cls = ENCODERS.get(encoder_name)
+        except KeyError as err:
+            raise ConfigError(f"model_args.base_encoder: {err.args[0]}") from None
+        check_kwargs(args, 'model_args', model_cls, encoder_cls)
+        return model_cls(**args)
+
+    def load_weights(self, model):
+        if self.cfg['weights']:
+            load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log)
+
+    def count_parameters(self, model):
+        return sum(p.numel() for p in model.parameters())
+
+    # ------------------------------------------------------------------ data
+    def build_dataset(self, split):
+        cfg = self.cfg
+        args = cfg[f'{split}_feeder_args']
+        if not args:
+            raise ConfigError(f"option '{split}_feeder_args' is empty: set at least data_path")
+        try:
+            feeder_cls = FEEDERS.get(cfg[f'{split}_feeder'])
+        except KeyError as err:
+            raise ConfigError(f"option '{split}_feeder': {err.args[0]}") from None
+        check_kwargs(args, f'{split}_feeder_args', feeder_cls)
+        return feeder_cls(**args)
+
+    def build_loader(self, dataset, train, batch_size=None):
+        """A loader over this rank's shard; the order depends only on (seed, epoch)."""
+        batch = batch_size or (self.cfg['batch_size'] if train else self.cfg['test_batch_size'])
+        if train:
+            if batch % self.world_size:
+                raise ConfigError(f'batch_size {batch} is not divisible by the {self.world_size} ranks')
+            batch //= self.world_size
+        sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
+                                     shuffle=train, seed=self.cfg['seed'], drop_last=False)
+        workers = min(self.cfg['num_worker'], os.cpu_count() or 1)
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=train,
+                          num_workers=workers, pin_memory=self.device.type == 'cuda',
+                          persistent_workers=workers > 0)
+
+    def to_stream(self, x):
+        return to_stream(x, self.cfg['stream'])
+
+    # ------------------------------------------------------------------ optimisation
+    def build_optimizer(self, params):
+        cfg = self.cfg
+        params = [p for p in params if p.requires_grad]
+        if cfg['optimizer'] == 'SGD':
+            return torch.optim.SGD(params, lr=cfg['base_lr'], momentum=0.9,
+                                   nesterov=cfg['nesterov'], weight_decay=cfg['weight_decay'])
+        return torch.optim.Adam(params, lr=cfg['base_lr'], weight_decay=cfg['weight_decay'])
+
+    def lr_at(self, epoch):
+        """Reference step schedule (1-based epochs): base_lr * 0.1 ** #{s in step: epoch > s}."""
+        if self.cfg['optimizer'] != 'SGD' or not self.cfg['step']:
+            return self.cfg['base_lr']
+        return self.cfg['base_lr'] * 0.1 ** sum(epoch > s for s in self.cfg['step'])
+
+    def set_lr(self, optimizer, epoch):
+        lr = self.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        return lr
+
+    def writer(self, name):
+        return summary_writer(os.path.join(self.work_dir, name), enabled=self.is_main)
+
+    def progress(self, iterable, **kwargs):
+        from tqdm import tqdm
+        return tqdm(iterable, disable=not self.interactive, leave=False, dynamic_ncols=True, **kwargs)
+
+    def start(self):
+        raise NotImplementedError

@@ -1,0 +1,296 @@
+"""Supervised evaluation protocols: linear evaluation, fine-tuning and semi-supervised fine-tuning.
+
+Linear evaluation trains only the classifier `encoder_q.fc` of a frozen encoder in eval mode.
+When the training data has no augmentation, the encoder output is the same every epoch, so the
+pooled features of both splits are computed once and the classifier is trained on them:
+100 epochs then cost one encoder pass (the result equals running the encoder every epoch).
+"""
+import json
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from feeder.views import has_augmentation, make_views
+from processor.base import BASE_OPTIONS, Processor
+from torchlight import dist
+from torchlight.config import ConfigError, Opt
+from torchlight.io import atomic_save, reference_state_dict
+from torchlight.registry import TASKS
+
+CLASSIFIER_PREFIX = 'encoder_q.fc.'
+
+
+@torch.no_grad()
+def extract_features(proc, model, dataset, batch_size=None):
+    """Pooled query-encoder features of `dataset` in its order: (features (N, D) float32 CPU,
+    labels (N,) int64). The encoder runs in eval mode on the configured stream; under
+    torchrun every rank encodes its shard and the results are gathered."""
+    loader = proc.build_loader(dataset, train=False, batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    feats, labels, index = [], [], []
+    for x, y, i in proc.progress(loader, desc='features'):
+        x = proc.to_stream(x.to(proc.device, non_blocking=True).float())
+        feats.append(model.extract_feature(x).float())
+        labels.append(y.to(proc.device))
+        index.append(i.to(proc.device))
+    model.train(was_training)
+    feats, labels, index = (dist.all_gather_cat(torch.cat(t)) for t in (feats, labels, index))
+    order = torch.zeros(len(dataset), dtype=torch.long, device=index.device)
+    order[index] = torch.arange(len(index), device=index.device)   # padded duplicates collapse
+    return feats[order].cpu(), labels[order].cpu()
+
+
+def topk_accuracy(scores, labels, ks):
+    """{k: fraction of rows whose label is among the k highest scores}."""
+    top = scores.topk(max(ks), dim=1).indices
+    hits = top == labels[:, None]
+    return {k: hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+EVAL_OPTIONS = {
+    **BASE_OPTIONS,
+    'base_lr': Opt(3.0, float, 'initial learning rate (reference linear evaluation: 3.0)'),
+    'step': Opt([80], (list, int), 'epochs after which lr is multiplied by 0.1'),
+    'num_epoch': Opt(100, int, 'number of epochs'),
+    'nesterov': Opt(False, bool, 'Nesterov momentum for SGD'),
+    'weight_decay': Opt(0.0, float, 'weight decay'),
+    'batch_size': Opt(128, int, 'training batch size'),
+    'test_batch_size': Opt(128, int, 'evaluation batch size'),
+    'show_topk': Opt([1, 5], (list, int), 'top-k accuracies to report'),
+    'save_interval': Opt(-1, int, 'epochs between model checkpoints (-1: never; best_model.pt is always kept)'),
+    'cache_features': Opt('auto', str, "auto | true | false: train the classifier on cached features "
+                                       "(auto = when the training data has no augmentation)"),
+}
+
+
+class ClassifierProcessor(Processor):
+    """Trains a classifier on top of an encoder and reports top-k accuracy on the test split."""
+
+    options = EVAL_OPTIONS
+    train_encoder = False
+
+    def validate(self):
+        super().validate()
+        if self.cfg['cache_features'] not in ('auto', 'true', 'false', True, False):
+            raise ConfigError(f"option 'cache_features' must be auto, true or false, got {self.cfg['cache_features']!r}")
+
+    # ------------------------------------------------------------------ setup
+    def setup(self):
+        cfg = self.cfg
+        self.test_set = self.build_dataset('test')
+        self.train_set = self.build_dataset('train') if cfg['phase'] == 'train' else None
+        num_class = cfg['model_args'].get('num_class') or (self.train_set or self.test_set).num_class
+        self.model = self.build_model(pretrain=False, num_class=num_class).to(self.device)
+        self.load_weights(self.model)
+        self.configure_trainable()
+        trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.log(f'[Network] {self.count_parameters(self.model) / 1e6:.3f} M parameters, '
+                 f'{len(trainable)} trainable tensors')
+        self.view_args = self.train_set.view_args if self.train_set else {}
+        cache = cfg['cache_features']
+        self.cached = (not self.train_encoder) and (
+            cache in ('true', True) or (cache == 'auto' and not has_augmentation(self.view_args)))
+        if cache in ('true', True) and has_augmentation(self.view_args):
+            raise ConfigError('cache_features: true, but train_feeder_args augment the data '
+                              '(cached features would ignore the augmentation)')
+
+    def configure_trainable(self):
+        names = [n for n, _ in self.model.named_parameters()]
+        if not any(n.startswith(CLASSIFIER_PREFIX) for n in names):
+            raise ConfigError('the evaluation model has no encoder_q.fc classifier')
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name.startswith(CLASSIFIER_PREFIX))
+
+    # ------------------------------------------------------------------ batches
+    def train_batches(self, epoch):
+        """Yields (inputs, labels): cached features, or augmented clips through the stream."""
+        if self.cached:
+            gen = dist.generator(self.cfg['seed'], 'linear-order', epoch)
+            order = torch.randperm(len(self.train_feats), generator=gen)
+            size = self.cfg['batch_size']
+            for start in range(0, len(order) - size + 1, size):   # drop_last, as the reference
+                idx = order[start:start + size]
+                yield self.train_feats[idx].to(self.device), self.train_labels[idx].to(self.device)
+            return
+        self.loader.sampler.set_epoch(epoch)
+        for step, (x, y, _) in enumerate(self.progress(self.loader, desc=f'epoch {epoch}')):
+            x = x.to(self.device, non_blocking=True).float()
+            if has_augmentation(self.view_args):
+                gen = dist.generator(self.cfg['seed'], 'views', epoch, step, self.rank)
+                x = make_views(x, ('normal',), gen, self.view_args)[0]
+            yield self.to_stream(x), y.to(self.device)
+
+    def scores(self, inputs):
+        if self.cached:
+            return self.model.encoder_q.fc(inputs)
+        return self.net(inputs)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self):
+        self.model.eval()
+        if self.cached:
+            logits = self.model.encoder_q.fc(self.test_feats.to(self.device))
+            labels = self.test_labels.to(self.device)
+        else:
+            loader = self.build_loader(self.test_set, train=False)
+            parts, ys, idx = [], [], []
+            for x, y, i in self.progress(loader, desc='test'):
+                parts.append(self.model(self.to_stream(x.to(self.device).float())).float())
+                ys.append(y.to(self.device))
+                idx.append(i.to(self.device))
+            logits, labels, index = (dist.all_gather_cat(torch.cat(t)) for t in (parts, ys, idx))
+            order = torch.zeros(len(self.test_set), dtype=torch.long, device=index.device)
+            order[index] = torch.arange(len(index), device=index.device)
+            logits, labels = logits[order], labels[order]
+        accuracy = topk_accuracy(logits, labels, self.cfg['show_topk'])
+        loss = F.cross_entropy(logits, labels).item()
+        return logits.cpu(), accuracy, loss
+
+    def save_scores(self, logits, name):
+        if self.is_main and self.cfg['save_result']:
+            names = self.test_set.names()
+            if len(set(names)) != len(names):
+                self.log('warning: duplicate sample names in the test split; scores keyed by name collapse')
+            result = {n: s for n, s in zip(names, logits.numpy().astype(np.float32))}
+            path = os.path.join(self.work_dir, name)
+            with open(path + '.tmp', 'wb') as f:
+                pickle.dump(result, f)
+            os.replace(path + '.tmp', path)
+
+    def report(self, accuracy, loss, tag):
+        text = ' '.join(f'Top{k}: {100 * v:.2f}%' for k, v in accuracy.items())
+        self.log(f'{tag} | eval loss {loss:.4f} | {text}')
+
+    # ------------------------------------------------------------------ training
+    def start(self):
+        self.setup()
+        if self.cfg['phase'] == 'test':
+            if not self.cfg['weights']:
+                raise ConfigError("phase: test needs 'weights'")
+            self.cached = False
+            self.net = self.model
+            logits, accuracy, loss = self.evaluate()
+            self.report(accuracy, loss, 'Test')
+            self.save_scores(logits, 'test_result.pkl')
+            return {'test': accuracy}
+        cfg = self.cfg
+        if self.cached:
+            self.train_feats, self.train_labels = extract_features(self, self.model, self.train_set)
+            self.test_feats, self.test_labels = extract_features(self, self.model, self.test_set)
+            self.log(f'Cached features: train {tuple(self.train_feats.shape)}, test {tuple(self.test_feats.shape)}')
+        else:
+            self.loader = self.build_loader(self.train_set, train=True)
+        self.net = self.model
+        if self.world_size > 1 and not self.cached:
+            self.net = DistributedDataParallel(self.model)
+        optimizer = self.build_optimizer(self.model.parameters())
+        train_writer, val_writer = self.writer('train'), self.writer('val')
+        best = {'top1': -1.0}
+        final = {}
+        for epoch in self.progress(range(1, cfg['num_epoch'] + 1), desc='epochs'):
+            lr = self.set_lr(optimizer, epoch)
+            self.set_train_mode()
+            losses = []
+            for inputs, labels in self.train_batches(epoch):
+                loss = F.cross_entropy(self.scores(inputs), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.clip_gradients()
+                optimizer.step()
+                losses.append(loss.item())
+            mean_loss = float(np.mean(losses)) if losses else float('nan')
+            train_writer.add_scalar('loss', mean_loss, epoch)
+            train_writer.add_scalar('lr', lr, epoch)
+            self.log(f'Epoch {epoch} | train loss {mean_loss:.4f} | lr {lr:.5f}')
+            last = epoch == cfg['num_epoch']
+            if last or (cfg['eval_interval'] > 0 and epoch % cfg['eval_interval'] == 0):
+                logits, accuracy, loss = self.evaluate()
+                self.report(accuracy, loss, f'Epoch {epoch}')
+                val_writer.add_scalar('eval_loss', loss, epoch)
+                for k, v in accuracy.items():
+                    val_writer.add_scalar(f'top{k}', v, epoch)
+                top1 = accuracy[min(accuracy)]
+                if top1 >= best['top1']:
+                    best = {'epoch': epoch, 'top1': top1, 'accuracy': accuracy}
+                    self.save_model('best_model.pt')
+                    self.save_scores(logits, 'test_result.pkl')
+                self.log(f'current {100 * top1:.2f}%, best {100 * best["top1"]:.2f}% (epoch {best["epoch"]})')
+                if last:
+                    final = {'epoch': epoch, 'accuracy': accuracy}
+                    self.save_scores(logits, 'test_result_final.pkl')
+            if cfg['save_interval'] > 0 and epoch % cfg['save_interval'] == 0:
+                self.save_model(f'epoch{epoch}_model.pt')
+        train_writer.close()
+        val_writer.close()
+        summary = {'final_epoch': final, 'best_epoch': best}
+        fmt = lambda acc: ', '.join(f'top{k} {100 * v:.2f}%' for k, v in acc.items())
+        self.log(f'RESULT final epoch {final["epoch"]}: {fmt(final["accuracy"])} | '
+                 f'best epoch {best["epoch"]} (selected on the test split): {fmt(best["accuracy"])}')
+        if self.is_main:
+            with open(os.path.join(self.work_dir, 'results.json'), 'w') as f:
+                json.dump(summary, f, indent=1)
+        return summary
+
+    def set_train_mode(self):
+        self.model.eval()   # linear evaluation: frozen BN statistics, no dropout
+
+    def clip_gradients(self):
+        pass
+
+    def save_model(self, name):
+        if self.is_main:
+            atomic_save(reference_state_dict(self.model), os.path.join(self.work_dir, name))
+
+
+@TASKS.register('linear_evaluation', aliases=['processor.linear_evaluation.LE_Processor'])
+class LinearEvaluation(ClassifierProcessor):
+    description = 'train a linear classifier on the frozen encoder; top-k on the test split'
+
+
+FINETUNE_OPTIONS = {
+    **EVAL_OPTIONS,
+    'base_lr': Opt(0.1, float, 'initial learning rate'),
+    'weight_decay': Opt(1e-4, float, 'weight decay'),
+    'bn_mode': Opt('train', str, "'train' (BN statistics adapt) or 'eval' (the reference: frozen BN, no dropout)"),
+    'grad_clip': Opt(0.0, float, 'clip the gradient norm to this value (0: off; reference semi-supervised: 2)'),
+}
+
+
+@TASKS.register('finetune_evaluation', aliases=['processor.finetune_evaluation.FT_Processor'])
+class FinetuneEvaluation(ClassifierProcessor):
+    description = ('fine-tune the whole network; with train_feeder_args.label_percent < 1 this is '
+                   'the semi-supervised protocol')
+    options = FINETUNE_OPTIONS
+    train_encoder = True
+
+    def validate(self):
+        super().validate()
+        if self.cfg['bn_mode'] not in ('train', 'eval'):
+            raise ConfigError(f"option 'bn_mode' must be train or eval, got {self.cfg['bn_mode']!r}")
+
+    def setup(self):
+        super().setup()
+        if self.train_set is not None and len(self.train_set) < len(self.train_set.label):
+            path = os.path.join(self.work_dir, 'labelled_subset.txt')
+            if self.is_main:
+                with open(path, 'w') as f:
+                    f.write('\n'.join(self.train_set.names()) + '\n')
+            self.log(f'Semi-supervised: {len(self.train_set)} of {len(self.train_set.label)} '
+                     f'training clips labelled; names in {path}')
+
+    def configure_trainable(self):
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def set_train_mode(self):
+        self.model.train(self.cfg['bn_mode'] == 'train')
+
+    def clip_gradients(self):
+        if self.cfg['grad_clip'] > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg['grad_clip'])

@@ -1,0 +1,56 @@
+"""k-NN retrieval: cosine similarity of L2-normalised pooled features, test -> train."""
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from processor.base import BASE_OPTIONS, Processor
+from processor.evaluation import extract_features
+from torchlight.config import ConfigError, Opt
+from torchlight.registry import TASKS
+
+
+def knn_predict(train_feats, train_labels, test_feats, k, chunk=1024):
+    """Labels predicted by the k most cosine-similar training features. Votes are counted per
+    class; ties go to the class whose voters are more similar in total."""
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    num_class = int(train_labels.max()) + 1
+    predictions = []
+    for start in range(0, len(test), chunk):
+        sims, idx = (test[start:start + chunk] @ train.T).topk(min(k, len(train)), dim=1)
+        voters = F.one_hot(train_labels[idx], num_class).float()        # (n, k, classes)
+        votes = voters.sum(1) + 1e-6 * (voters * sims[..., None]).sum(1)
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+@TASKS.register('knn_retrieval')
+class KNNRetrieval(Processor):
+    description = 'k-NN retrieval accuracy of the frozen encoder (cosine, L2-normalised features)'
+    options = {
+        **BASE_OPTIONS,
+        'knn_k': Opt([1], (list, int), 'numbers of neighbours to evaluate (one accuracy each)'),
+        'test_batch_size': Opt(256, int, 'feature extraction batch size'),
+    }
+
+    def start(self):
+        cfg = self.cfg
+        if any(k < 1 for k in cfg['knn_k']):
+            raise ConfigError(f"option 'knn_k' must hold positive integers, got {cfg['knn_k']}")
+        train_set, test_set = self.build_dataset('train'), self.build_dataset('test')
+        model = self.build_model(pretrain=False, num_class=cfg['model_args'].get('num_class', 1)).to(self.device)
+        self.load_weights(model)
+        train_feats, train_labels = extract_features(self, model, train_set)
+        test_feats, test_labels = extract_features(self, model, test_set)
+        result = {}
+        for k in cfg['knn_k']:
+            pred = knn_predict(train_feats, train_labels, test_feats, k)
+            result[k] = (pred == test_labels).float().mean().item()
+            self.log(f'k-NN (k={k}) top-1: {100 * result[k]:.2f}% '
+                     f'({len(test_set)} queries, {len(train_set)} references)')
+        if self.is_main:
+            with open(os.path.join(self.work_dir, 'knn_results.json'), 'w') as f:
+                json.dump({f'k={k}': v for k, v in result.items()}, f, indent=1)
+        return result

@@ -1,0 +1,179 @@
+"""One pretraining engine for every method: views -> streams -> method loss -> step -> log/save.
+
+Every step draws its augmentation parameters and its dropout stream from
+(seed, epoch, step, rank), and the data order from (seed, epoch). A run resumed from
+`checkpoint_last.pt` therefore continues exactly as if it had never stopped.
+"""
+import contextlib
+import math
+import os
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from feeder.views import make_views
+from processor.base import BASE_OPTIONS, Processor
+from torchlight import dist
+from torchlight.config import ConfigError, Opt
+from torchlight.io import atomic_save, reference_state_dict
+from torchlight.registry import TASKS
+
+RESUME_FILE = 'checkpoint_last.pt'
+STATE_FORMAT = 'skeleton-ssl/train-state/1'
+
+PRETRAIN_OPTIONS = {
+    **BASE_OPTIONS,
+    'model': Opt('skeletonclr', str, 'method class (skeletonclr, aimclr, asar or a reference dotted name)'),
+    'num_epoch': Opt(300, int, 'number of epochs'),
+    'save_interval': Opt(5, int, 'epochs between reference-format checkpoints epoch{E}_model.pt (-1: only the last)'),
+    'eval_interval': Opt(-1, int, 'unused by pretraining (evaluate with linear_evaluation / knn_retrieval)'),
+    'amp': Opt('off', str, "'off' (exact fp32) or 'bf16' autocast"),
+    'compile': Opt(False, bool, 'torch.compile the query encoder'),
+}
+
+
+class PretrainProcessor(Processor):
+    options = PRETRAIN_OPTIONS
+    description = 'self-supervised pretraining of a method on the training split'
+
+    def validate(self):
+        super().validate()
+        if self.cfg['amp'] not in ('off', 'bf16'):
+            raise ConfigError(f"option 'amp' must be off or bf16, got {self.cfg['amp']!r}")
+        if self.cfg['phase'] != 'train':
+            raise ConfigError('pretraining has no test phase: evaluate with linear_evaluation or knn_retrieval')
+
+    # ------------------------------------------------------------------ setup
+    def setup(self):
+        cfg = self.cfg
+        self.dataset = self.build_dataset('train')
+        self.loader = self.build_loader(self.dataset, train=True)
+        if len(self.loader) == 0:
+            raise ConfigError(f'batch_size {cfg["batch_size"]} is larger than the training set '
+                              f'({len(self.dataset)} clips): no full batch to train on')
+        self.model = self.build_model().to(self.device)
+        self.load_weights(self.model)
+        self.view_kinds = type(self.model).views
+        self.view_args = self.dataset.view_args
+        self.optimizer = self.build_optimizer(self.model.parameters())
+        self.net = self.model
+        if cfg['compile']:
+            self.model.encoder_q.compile()   # in place: state-dict keys stay unchanged
+        if self.world_size > 1:
+            # Buffers (queue, BN statistics) are kept in step by the method itself.
+            self.net = DistributedDataParallel(self.model, broadcast_buffers=False)
+        self.log(f'[Network] Total number of parameters : {self.count_parameters(self.model) / 1e6:.3f} M')
+        self.log(f'Training on {len(self.dataset)} clips {tuple(self.dataset.shape[1:])}, '
+                 f'{len(self.loader)} iterations/epoch, views {self.view_kinds}, device {self.device}, '
+                 f'{self.world_size} rank(s)')
+
+    # ------------------------------------------------------------------ resume
+    def resume_path(self):
+        last = os.path.join(self.work_dir, RESUME_FILE)
+        choice = self.cfg['resume']
+        if not choice:
+            if os.path.exists(last):
+                raise ConfigError(f'{self.work_dir} already holds a training run ({RESUME_FILE}); '
+                                  'continue it with --resume auto or choose another work_dir')
+            return None
+        if choice == 'auto':
+            return last if os.path.exists(last) else None
+        if not os.path.isfile(choice):
+            raise ConfigError(f'resume checkpoint not found: {choice}')
+        return choice
+
+    def restore(self):
+        path = self.resume_path()
+        if path is None:
+            if self.cfg['resume']:
+                self.log('resume: no checkpoint yet, starting from scratch')
+            return self.cfg['start_epoch']
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        if state.get('format') != STATE_FORMAT:
+            raise ConfigError(f'{path} is not a training-state checkpoint of this framework')
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.log(f'Resumed from {path} after epoch {state["epoch"]}')
+        return state['epoch']
+
+    def save_state(self, epoch):
+        if not self.is_main:
+            return
+        atomic_save({'format': STATE_FORMAT, 'epoch': epoch, 'model': self.model.state_dict(),
+                     'optimizer': self.optimizer.state_dict()},
+                    os.path.join(self.work_dir, RESUME_FILE))
+        every = self.cfg['save_interval']
+        if epoch == self.cfg['num_epoch'] or (every > 0 and epoch % every == 0):
+            atomic_save(reference_state_dict(self.model), os.path.join(self.work_dir, f'epoch{epoch}_model.pt'))
+
+    # ------------------------------------------------------------------ training
+    def autocast(self):
+        if self.cfg['amp'] == 'bf16':
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, x, epoch, step):
+        """One optimisation step on raw clips x; returns the method's output dict (detached)."""
+        seed = self.cfg['seed']
+        gen = dist.generator(seed, 'views', epoch, step, self.rank)
+        views = [self.to_stream(v) for v in make_views(x, self.view_kinds, gen, self.view_args)]
+        torch.manual_seed(dist.stream_seed(seed, 'torch', epoch, step, self.rank))
+        with self.autocast():
+            out = self.net(*views, epoch=epoch)
+        loss = out['loss']
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'loss became {loss.item()} at epoch {epoch} step {step}')
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {k: float(v) for k, v in out.items()}
+
+    def train_epoch(self, epoch, writer):
+        self.model.train()
+        lr = self.set_lr(self.optimizer, epoch)
+        self.loader.sampler.set_epoch(epoch)
+        totals, count = {}, 0
+        bar = self.progress(self.loader, desc=f'epoch {epoch}/{self.cfg["num_epoch"]}')
+        for step, (x, _, _) in enumerate(bar):
+            x = x.to(self.device, non_blocking=True).float()
+            out = self.train_step(x, epoch, step)
+            count += 1
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + v
+            global_step = (epoch - 1) * len(self.loader) + step
+            writer.add_scalar('batch_loss', out['loss'], global_step)
+            writer.add_scalar('lr', lr, global_step)
+            bar.set_postfix(loss=f'{out["loss"]:.4f}', lr=f'{lr:.5f}')
+            if (step + 1) % self.cfg['log_interval'] == 0:
+                self.log(f'Epoch {epoch} Iter {step + 1}/{len(self.loader)} | loss: {out["loss"]:.4f} | lr: {lr:.6f}')
+        means = {k: dist.all_reduce_mean(v / count) for k, v in totals.items()}
+        for k, v in means.items():
+            writer.add_scalar(k if k != 'loss' else 'loss', v, epoch)
+        writer.add_scalar('epoch', epoch, epoch)
+        self.log(f'Epoch {epoch} done | ' + ' | '.join(f'{k}: {v:.4f}' for k, v in means.items())
+                 + f' | lr: {lr:.6f}')
+        return means
+
+    def start(self):
+        self.setup()
+        first = self.restore()
+        if first >= self.cfg['num_epoch']:
+            self.log(f'Nothing to do: {first} of {self.cfg["num_epoch"]} epochs already done')
+            return {}
+        writer = self.writer('train')
+        history = {}
+        try:
+            for epoch in self.progress(range(first + 1, self.cfg['num_epoch'] + 1), desc='epochs'):
+                history = self.train_epoch(epoch, writer)
+                if not math.isfinite(history.get('loss', 0.0)):
+                    raise FloatingPointError(f'mean loss of epoch {epoch} is not finite')
+                self.save_state(epoch)
+        finally:
+            writer.close()
+        dist.barrier()
+        return history
+
+
+@TASKS.register('pretrain_skeletonclr', aliases=['processor.pretrain_skeletonclr.SkeletonCLR_Processor'])
+class SkeletonCLRPretrain(PretrainProcessor):
+    description = 'pretrain SkeletonCLR (MoCo, two normal views, InfoNCE)'
