@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.graph import Graph
+from torchlight.registry import ENCODERS
 
 EADM_MODES = ('off', 'fixed')
 
@@ -102,6 +103,7 @@ class EADM(nn.Module):
         return self._rescaled(self._rescaled(x, joint_keep), elem_keep)
 
 
+@ENCODERS.register('st_gcn', aliases=['net.st_gcn.Model'])
 class Model(nn.Module):
     """ST-GCN encoder. Input (N, C, T, V, M); ``extract_feature`` gives (N, hidden_dim)."""
 
