@@ -46,8 +46,8 @@ def extract_features(proc, model, dataset, batch_size=None):
 
 
 def topk_accuracy(scores, labels, ks):
-    """{k: fraction of rows whose label is among the k highest scores}."""
-    top = scores.topk(max(ks), dim=1).indices
+    """{k: fraction of rows whose label is among the k highest scores} (k >= classes: all hit)."""
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
     hits = top == labels[:, None]
     return {k: hits[:, :k].any(dim=1).float().mean().item() for k in ks}
 

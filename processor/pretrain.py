@@ -126,7 +126,7 @@ class PretrainProcessor(Processor):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
 
     def train_epoch(self, epoch, writer):
         self.model.train()

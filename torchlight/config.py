@@ -163,9 +163,11 @@ def build_config(options, argv):
     cli = parse_overrides(argv)
     cfg = {name: copy.deepcopy(opt.default) for name, opt in options.items()}
     sources = []
-    if cli.get('config'):
-        cfg['config'] = cli['config']
-        sources.append((load_yaml(cli['config']), f'config file {cli["config"]}'))
+    config_path = cli.pop('config', None)
+    if config_path:
+        if 'config' in options:
+            cfg['config'] = config_path
+        sources.append((load_yaml(config_path), f'config file {config_path}'))
     sources.append((cli, 'command line'))
     for layer, origin in sources:
         for dotted, value in layer.items():

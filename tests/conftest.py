@@ -1,0 +1,64 @@
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+# Tests use tiny models: one thread avoids OpenMP start-up and oversubscription costs, in this
+# process and in the subprocesses the tests launch.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+torch.set_num_threads(1)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def shared_dir():
+    """../shared beside the repository (or $SKELETON_SSL_SHARED); None when absent."""
+    path = os.environ.get('SKELETON_SSL_SHARED') or os.path.join(ROOT, '..', 'shared')
+    return path if os.path.isdir(path) else None
+
+
+def write_dataset(folder, split, n, t=20, v=25, m=2, num_class=4, seed=0):
+    """Tiny labelled arrays in the standard format; class c shifts the x coordinate by c."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.3, (n, 3, t, v, m)).astype(np.float32)
+    y = np.arange(n) % num_class
+    x[:, 0] += y[:, None, None, None].astype(np.float32)
+    x[n // 2:, :, :, :, 1] = 0   # single-person clips, as in NTU
+    data, label = os.path.join(folder, f'{split}_data.npy'), os.path.join(folder, f'{split}_label.pkl')
+    np.save(data, x)
+    with open(label, 'wb') as f:
+        pickle.dump(([f'{split}{i:03d}' for i in range(n)], y.tolist()), f)
+    return data, label
+
+
+TINY_ENCODER = {
+    'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channels': 2, 'hidden_dim': 8,
+    'dropout': 0.5, 'graph_args': {'layout': 'ntu-rgb+d', 'strategy': 'spatial'},
+    'edge_importance_weighting': True,
+}
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    train = write_dataset(str(tmp_path), 'train', 24, seed=1)
+    val = write_dataset(str(tmp_path), 'val', 12, seed=2)
+    return {'train': train, 'val': val, 'dir': str(tmp_path)}
+
+
+def pretrain_argv(data, work_dir, epochs=2, extra=()):
+    """Command-line words for a tiny SkeletonCLR pretraining run."""
+    args = ['--work_dir', work_dir, '--model', 'skeletonclr',
+            '--model_args', str({**TINY_ENCODER, 'feature_dim': 8, 'queue_size': 20,
+                                 'momentum': 0.9, 'Temperature': 0.2}).replace("'", '"'),
+            '--train_feeder_args.data_path', data['train'][0],
+            '--train_feeder_args.label_path', data['train'][1],
+            '--train_feeder_args.shear_amplitude', '0.5',
+            '--train_feeder_args.temperal_padding_ratio', '6',
+            '--batch_size', '8', '--num_epoch', str(epochs), '--base_lr', '0.05',
+            '--num_worker', '0', '--use_gpu', 'false', '--print_log', 'false',
+            '--save_interval', '1', '--log_interval', '1']
+    return args + list(extra)

@@ -1,0 +1,106 @@
+import os
+
+import pytest
+import yaml
+
+import main
+from processor.pretrain import PretrainProcessor
+from torchlight.config import ConfigError, Opt, build_config, parse_overrides, parse_scalar
+
+OPTIONS = {
+    'lr': Opt(0.1, float), 'epochs': Opt(10, int), 'flag': Opt(False, bool), 'name': Opt('a', str),
+    'step': Opt([], (list, int)), 'model_args': Opt({'depth': 2, 'width': 8}, dict),
+}
+
+
+def write_yaml(tmp_path, text):
+    path = tmp_path / 'c.yaml'
+    path.write_text(text)
+    return str(path)
+
+
+def test_precedence_defaults_yaml_cli(tmp_path):
+    path = write_yaml(tmp_path, 'lr: 1e-4\nepochs: 5\nmodel_args: {depth: 3}\n')
+    cfg = build_config(OPTIONS, ['--config', path, '--epochs', '7', '--model_args.width', '16'])
+    assert cfg['lr'] == pytest.approx(1e-4) and isinstance(cfg['lr'], float)   # YAML '1e-4' is a string
+    assert cfg['epochs'] == 7                                                  # CLI beats YAML
+    assert cfg['model_args'] == {'depth': 3, 'width': 16}                      # key-wise merge
+    assert cfg['flag'] is False and cfg['name'] == 'a'                         # defaults kept
+
+
+def test_cli_types_lists_and_bools(tmp_path):
+    cfg = build_config(OPTIONS, ['--step', '250', '280', '--flag', 'yes', '--name', '12'])
+    assert cfg['step'] == [250, 280] and cfg['flag'] is True and cfg['name'] == '12'
+    assert build_config(OPTIONS, ['--step', '[1, 2]'])['step'] == [1, 2]
+    assert build_config(OPTIONS, ['--flag'])['flag'] is True
+    assert build_config(OPTIONS, ['--epochs', '1e6'])['epochs'] == 1000000   # reference mining_epoch
+    assert parse_scalar('1e-4') == 1e-4 and parse_scalar('3.') == 3.0 and parse_scalar('x') == 'x'
+
+
+def test_nested_dict_option_from_cli_mapping():
+    cfg = build_config(OPTIONS, ['--model_args', '{depth: 5}', '--model_args.extra.k', '1e-3'])
+    assert cfg['model_args'] == {'depth': 5, 'width': 8, 'extra': {'k': 1e-3}}
+
+
+@pytest.mark.parametrize('argv, needle', [
+    (['--lrr', '1'], "did you mean: lr"),
+    (['--epochs', 'abc'], "'epochs'"),
+    (['--lr.x', '1'], 'no sub-keys'),
+    (['stray'], 'unexpected argument'),
+])
+def test_bad_options_name_the_key(argv, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_config(OPTIONS, argv)
+
+
+def test_unknown_yaml_key_suggests(tmp_path):
+    path = write_yaml(tmp_path, 'epoch: 3\n')
+    with pytest.raises(ConfigError, match=r"unknown option 'epoch'.*did you mean: epochs"):
+        build_config(OPTIONS, ['--config', path])
+    with pytest.raises(ConfigError, match='not found'):
+        build_config(OPTIONS, ['--config', str(tmp_path / 'missing.yaml')])
+
+
+def test_override_parser_forms():
+    assert parse_overrides(['-c', 'x.yaml', '--a=1', '--b', '-1']) == {'config': 'x.yaml', 'a': 1, 'b': -1}
+
+
+def test_main_exit_codes_and_help(capsys, tmp_path):
+    assert main.main(['--help']) == 0
+    out = capsys.readouterr().out
+    for task in ('pretrain_skeletonclr', 'linear_evaluation', 'knn_retrieval', 'extract_features'):
+        assert task in out
+    assert main.main(['no_such_task']) == 2
+    assert 'unknown task' in capsys.readouterr().err
+    assert main.main(['linear_evaluation', '--help']) == 0
+    assert '--base_lr' in capsys.readouterr().out
+    path = write_yaml(tmp_path, 'num_epochs: 3\n')
+    assert main.main(['pretrain_skeletonclr', '--config', path]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'num_epochs'" in err and 'num_epoch' in err
+
+
+def test_model_args_typo_is_reported(tiny_data, tmp_path, capsys):
+    from tests.conftest import pretrain_argv
+    argv = ['pretrain_skeletonclr'] + pretrain_argv(tiny_data, str(tmp_path / 'w'), extra=['--model_args.queue_sise', '8'])
+    assert main.main(argv) == 2
+    assert "unknown key 'queue_sise' in model_args (did you mean: queue_size?)" in capsys.readouterr().err
+
+
+def test_effective_config_saved_and_previous_kept(tiny_data, tmp_path):
+    from tests.conftest import pretrain_argv
+    work = str(tmp_path / 'w')
+    proc = PretrainProcessor.from_argv(pretrain_argv(tiny_data, work, extra=['--weight_decay', '1e-3']))
+    saved = yaml.safe_load(open(os.path.join(work, 'config.yaml')))
+    assert saved['weight_decay'] == pytest.approx(1e-3) and saved['model_args']['queue_size'] == 20
+    assert proc.cfg['device'] == 'auto' and str(proc.device) == 'cpu'
+    PretrainProcessor.from_argv(pretrain_argv(tiny_data, work))
+    assert len([f for f in os.listdir(work) if f.startswith('config')]) == 2
+
+
+def test_reference_device_keys(tiny_data, tmp_path):
+    from tests.conftest import pretrain_argv
+    proc = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'w'), extra=['--device', '0', '1']))
+    assert proc.cfg['device'] == [0, 1]
+    with pytest.raises(ConfigError, match='device'):
+        PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'x'), extra=['--device', 'gpu7']))
