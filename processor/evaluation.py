@@ -13,15 +13,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from feeder.views import has_augmentation, make_views
 from processor.base import BASE_OPTIONS, Processor
 from torchlight import dist
-from torchlight.config import ConfigError, Opt
+from torchlight.config import ConfigError, Opt, coerce
 from torchlight.io import atomic_save, reference_state_dict
 from torchlight.registry import TASKS
 
 CLASSIFIER_PREFIX = 'encoder_q.fc.'
+
+
+def tristate(value):
+    """'auto', or a boolean given as true/false/yes/no/1/0."""
+    if isinstance(value, str) and value.lower() == 'auto':
+        return 'auto'
+    return coerce(value, bool, 'cache_features')
 
 
 @torch.no_grad()
@@ -63,7 +71,7 @@ EVAL_OPTIONS = {
     'test_batch_size': Opt(128, int, 'evaluation batch size'),
     'show_topk': Opt([1, 5], (list, int), 'top-k accuracies to report'),
     'save_interval': Opt(-1, int, 'epochs between model checkpoints (-1: never; best_model.pt is always kept)'),
-    'cache_features': Opt('auto', str, "auto | true | false: train the classifier on cached features "
+    'cache_features': Opt('auto', tristate, "auto | true | false: train the classifier on cached features "
                                        "(auto = when the training data has no augmentation)"),
 }
 
@@ -73,11 +81,6 @@ class ClassifierProcessor(Processor):
 
     options = EVAL_OPTIONS
     train_encoder = False
-
-    def validate(self):
-        super().validate()
-        if self.cfg['cache_features'] not in ('auto', 'true', 'false', True, False):
-            raise ConfigError(f"option 'cache_features' must be auto, true or false, got {self.cfg['cache_features']!r}")
 
     # ------------------------------------------------------------------ setup
     def setup(self):
@@ -94,8 +97,8 @@ class ClassifierProcessor(Processor):
         self.view_args = self.train_set.view_args if self.train_set else {}
         cache = cfg['cache_features']
         self.cached = (not self.train_encoder) and (
-            cache in ('true', True) or (cache == 'auto' and not has_augmentation(self.view_args)))
-        if cache in ('true', True) and has_augmentation(self.view_args):
+            cache is True or (cache == 'auto' and not has_augmentation(self.view_args)))
+        if cache is True and has_augmentation(self.view_args):
             raise ConfigError('cache_features: true, but train_feeder_args augment the data '
                               '(cached features would ignore the augmentation)')
 
@@ -110,8 +113,11 @@ class ClassifierProcessor(Processor):
     def train_batches(self, epoch):
         """Yields (inputs, labels): cached features, or augmented clips through the stream."""
         if self.cached:
-            gen = dist.generator(self.cfg['seed'], 'linear-order', epoch)
-            order = torch.randperm(len(self.train_feats), generator=gen)
+            # the same order a single-process loader over the clips would give
+            sampler = DistributedSampler(range(len(self.train_feats)), num_replicas=1, rank=0,
+                                         shuffle=True, seed=self.cfg['seed'])
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler))
             size = self.cfg['batch_size']
             for start in range(0, len(order) - size + 1, size):   # drop_last, as the reference
                 idx = order[start:start + size]

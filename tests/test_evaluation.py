@@ -1,0 +1,126 @@
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from feeder.array_feeder import DataError, SkeletonArrayDataset, balanced_subset
+from processor.evaluation import FinetuneEvaluation, LinearEvaluation, topk_accuracy
+from processor.knn_retrieval import KNNRetrieval, knn_predict
+from processor.pretrain import PretrainProcessor
+from tests.conftest import TINY_ENCODER, pretrain_argv, write_dataset
+
+
+def test_topk_accuracy_hand_made():
+    scores = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    labels = torch.tensor([0, 2, 2, 1])
+    acc = topk_accuracy(scores, labels, [1, 2, 5])
+    assert acc[1] == pytest.approx(0.5) and acc[2] == pytest.approx(1.0) and acc[5] == 1.0
+
+
+def test_knn_predict_hand_made():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.1]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    test = torch.tensor([[10.0, 0.5], [0.2, 3.0], [-2.0, 0.0]])     # scale must not matter (cosine)
+    assert knn_predict(train, labels, test, k=1).tolist() == [0, 1, 2]
+    # k=3 for the last query: neighbours 2 (label 2), then two of {0, 1}: cosine order decides
+    assert knn_predict(train, labels, test, k=2).tolist()[:2] == [0, 1]
+    assert knn_predict(train, labels, test[:1], k=5).tolist() == [0]   # 2 zeros beat 2 ones on similarity
+
+
+def eval_argv(data, work, weights=None, extra=()):
+    args = ['--work_dir', work, '--model', 'net.skeletonclr.SkeletonCLR',
+            '--model_args', json.dumps({**TINY_ENCODER, 'num_class': 4}),
+            '--train_feeder_args.data_path', data['train'][0], '--train_feeder_args.label_path', data['train'][1],
+            '--test_feeder_args.data_path', data['val'][0], '--test_feeder_args.label_path', data['val'][1],
+            '--batch_size', '8', '--test_batch_size', '5', '--num_epoch', '6', '--eval_interval', '3',
+            '--num_worker', '0', '--use_gpu', 'false', '--print_log', 'false', '--base_lr', '0.5']
+    if weights:
+        args += ['--weights', weights, '--ignore_weights', 'encoder_q.fc', 'encoder_k', 'queue']
+    return args + list(extra)
+
+
+@pytest.fixture
+def pretrained(tiny_data, tmp_path):
+    work = str(tmp_path / 'pre')
+    PretrainProcessor.from_argv(pretrain_argv(tiny_data, work, epochs=1)).start()
+    return os.path.join(work, 'epoch1_model.pt')
+
+
+def test_linear_cached_equals_running_encoder(tiny_data, tmp_path, pretrained):
+    cached = LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'a'), pretrained)).start()
+    direct = LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'b'), pretrained,
+                                                  ['--cache_features', 'false'])).start()
+    assert cached['final_epoch']['accuracy'] == pytest.approx(direct['final_epoch']['accuracy'])
+    a = pickle.load(open(tmp_path / 'a' / 'test_result_final.pkl', 'rb'))
+    b = pickle.load(open(tmp_path / 'b' / 'test_result_final.pkl', 'rb'))
+    assert a.keys() == b.keys() and len(a) == 12
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-4)
+    summary = json.load(open(tmp_path / 'a' / 'results.json'))
+    assert summary['best_epoch']['top1'] >= summary['final_epoch']['accuracy']['1']
+    # the encoder really was frozen: its weights equal the checkpoint's
+    saved = torch.load(tmp_path / 'a' / 'best_model.pt', weights_only=True)
+    pre = torch.load(pretrained, weights_only=True)
+    assert torch.equal(saved['encoder_q.st_gcn_networks.9.tcn.2.weight'], pre['encoder_q.st_gcn_networks.9.tcn.2.weight'])
+
+
+def test_knn_and_test_phase(tiny_data, tmp_path, pretrained):
+    acc = KNNRetrieval.from_argv(eval_argv(tiny_data, str(tmp_path / 'k'), pretrained, ['--knn_k', '1', '3'])).start()
+    assert set(acc) == {1, 3} and all(0 <= v <= 1 for v in acc.values())
+
+
+def test_finetune_trains_encoder_and_semi_subset(tiny_data, tmp_path, pretrained):
+    work = tmp_path / 'ft'
+    extra = ['--train_feeder_args.label_percent', '0.5', '--num_epoch', '2', '--eval_interval', '1']
+    out = FinetuneEvaluation.from_argv(eval_argv(tiny_data, str(work), pretrained, extra)).start()
+    names = open(work / 'labelled_subset.txt').read().split()
+    assert len(names) == 12                      # 3 of the 6 clips of each of 4 classes
+    saved = torch.load(work / 'best_model.pt', weights_only=True)
+    pre = torch.load(pretrained, weights_only=True)
+    key = 'encoder_q.st_gcn_networks.9.tcn.2.weight'
+    assert not torch.equal(saved[key], pre[key])
+    assert 'accuracy' in out['final_epoch']
+
+
+def test_balanced_subset_is_reproducible():
+    labels = [0] * 10 + [1] * 20 + [2] * 3
+    a, b = balanced_subset(labels, 0.1, seed=3), balanced_subset(labels, 0.1, seed=3)
+    assert np.array_equal(a, b) and list(a) == sorted(a)
+    counts = np.bincount(np.asarray(labels)[a])
+    assert counts.tolist() == [1, 2, 1]
+
+
+def test_dataset_errors(tmp_path):
+    data, label = write_dataset(str(tmp_path), 'x', 6)
+    with pytest.raises(DataError, match='not found'):
+        SkeletonArrayDataset(str(tmp_path / 'none.npy'))
+    np.save(tmp_path / 'four.npy', np.zeros((2, 3, 4, 5), np.float32))
+    with pytest.raises(DataError, match=r'5-D.*\(2, 3, 4, 5\)'):
+        SkeletonArrayDataset(str(tmp_path / 'four.npy'))
+    with open(tmp_path / 'short.pkl', 'wb') as f:
+        pickle.dump((['a'], [0]), f)
+    with pytest.raises(DataError, match='1 labels but the data array holds 6'):
+        SkeletonArrayDataset(data, str(tmp_path / 'short.pkl'))
+    bad = np.load(data)
+    bad[4, 1, 2, 3, 0] = np.nan
+    np.save(tmp_path / 'nan.npy', bad)
+    with pytest.raises(DataError, match='clip 4 contains NaN'):
+        SkeletonArrayDataset(str(tmp_path / 'nan.npy'), label)
+    ds = SkeletonArrayDataset(data, label)
+    clip, y, i = ds[3]
+    assert clip.shape == (3, 20, 25, 2) and clip.dtype == torch.float32 and y == 3 and i == 3
+
+
+def test_test_phase_writes_scores(tiny_data, tmp_path, pretrained):
+    work = tmp_path / 'lin'
+    LinearEvaluation.from_argv(eval_argv(tiny_data, str(work), pretrained, ['--num_epoch', '1'])).start()
+    out = LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'test'), None, [
+        '--phase', 'test', '--weights', str(work / 'best_model.pt')])).start()
+    scores = pickle.load(open(tmp_path / 'test' / 'test_result.pkl', 'rb'))
+    best = pickle.load(open(work / 'test_result.pkl', 'rb'))
+    for name in best:
+        np.testing.assert_allclose(scores[name], best[name], atol=1e-5)
+    assert 1 in out['test']
