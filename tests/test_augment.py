@@ -337,3 +337,19 @@ def test_views_are_deterministic_per_seed_and_keep_input():
         assert not torch.equal(view(x, gen(7)), view(x, gen(8)))
     assert torch.equal(x, before)
     assert A.extreme_view(x, gen()).dtype == torch.float32
+
+
+def test_permute_joints_equals_index_for_any_map():
+    x = make_clips()
+    joint_map = tuple(torch.randperm(V, generator=gen()).tolist())
+    assert torch.equal(A.permute_joints(x, joint_map), x[:, :, :, list(joint_map)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('aug_method', ['123456', '654321'])
+def test_views_match_across_devices(aug_method):
+    x = make_clips()
+    cpu = A.extreme_view(x, gen(), aug_method=aug_method)
+    cuda = A.extreme_view(x.cuda(), gen(), aug_method=aug_method)
+    close(cuda.cpu(), cpu.numpy())
+    close(A.normal_view(x.cuda(), gen()).cpu(), A.normal_view(x, gen()).numpy())

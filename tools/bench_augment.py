@@ -1,6 +1,7 @@
 """Throughput of the AimCLR view pipeline: clips/s = N / time to make (extreme, normal, normal).
 
     python tools/bench_augment.py [--batch 128] [--frames 50] [--iters 50] [--aug-method 12345]
+                                  [--threads 2]
 """
 import argparse
 import os
@@ -38,7 +39,10 @@ def main():
     parser.add_argument('--persons', type=int, default=2)
     parser.add_argument('--iters', type=int, default=50)
     parser.add_argument('--aug-method', default='12345')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shape = (args.batch, 3, args.frames, args.joints, args.persons)
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for device in devices:
