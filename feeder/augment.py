@@ -1,0 +1,371 @@
+"""Batched on-device skeleton augmentations for clips x of shape (N, C=3, T, V, M).
+
+Every op is a pair:
+  draw_<op>(n, gen, ...) -> params   parameters for n samples, drawn on the CPU generator `gen`
+                                     (so a seed gives the same views on every device);
+  apply_<op>(x, params) -> x'        pure and batched on x's device, no Python loop over samples.
+Coin-flip ops draw an independent coin per sample; samples whose coin says "skip" come out
+bit-identical. Distributions follow the AimCLR reference (normal: crop + shear; extreme: ids
+1..6 of `aug_method`). `normal_view` / `extreme_view` compose them, fusing the per-sample
+3x3 coordinate maps (shear, rotation, axis mask) into one matrix product.
+"""
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from feeder.streams import NTU, NW_UCLA, infer_layout
+
+# Spatial "flip" swaps left/right joint labels; coordinates are not mirrored (reference quirk).
+NTU_FLIP_MAP = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15,
+                20, 23, 24, 21, 22)
+# Kinect v1: left arm 4-7 <-> right arm 8-11, left leg 12-15 <-> right leg 16-19.
+NW_UCLA_FLIP_MAP = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15)
+FLIP_MAPS = {NTU: NTU_FLIP_MAP, NW_UCLA: NW_UCLA_FLIP_MAP}
+
+BLUR_RADIUS = 7  # 15-tap kernel, offsets -7..7, zero padding 7
+EXTREME_OPS = {'1': 'spatial_flip', '2': 'rotate', '3': 'gaussian_noise',
+               '4': 'gaussian_blur', '5': 'axis_mask', '6': 'temporal_flip'}
+
+
+# ----------------------------------------------------------------------------- parameters
+
+@dataclass(frozen=True)
+class CropParams:
+    start: torch.Tensor  # (n,) long, window start in the padded sequence, in {0..2*pad}
+    pad: int             # P = T // temperal_padding_ratio
+
+
+@dataclass(frozen=True)
+class FlipParams:
+    applied: torch.Tensor  # (n,) bool
+    joint_map: tuple       # new joint v takes old joint joint_map[v]
+
+
+@dataclass(frozen=True)
+class RotateParams:
+    axis: torch.Tensor    # (n,) long, main axis 0/1/2 = x/y/z
+    angles: torch.Tensor  # (n, 3) radians about x, y, z
+
+    @property
+    def matrix(self):
+        return rotation_matrices(self.angles)
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    applied: torch.Tensor  # (n,) bool
+    noise: torch.Tensor    # (applied.sum(), C, T, V, M)
+
+
+@dataclass(frozen=True)
+class BlurParams:
+    applied: torch.Tensor  # (n,) bool
+    sigma: torch.Tensor    # (n,) float
+    normalized: bool = True
+
+    @property
+    def weights(self):
+        return blur_kernels(self.sigma, self.normalized)
+
+
+@dataclass(frozen=True)
+class CoinParams:
+    """Ops with no parameter besides the per-sample coin (temporal flip)."""
+    applied: torch.Tensor  # (n,) bool
+
+
+@dataclass(frozen=True)
+class AxisMaskParams:
+    applied: torch.Tensor  # (n,) bool
+    axis: torch.Tensor     # (n,) long, channel to zero
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _coin(n, gen, p):
+    return torch.rand(n, generator=gen) < p
+
+
+def _uniform(shape, gen, low, high):
+    return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
+
+
+def _applied_index(applied, device):
+    return applied.nonzero().squeeze(1).to(device)
+
+
+def _where_applied(x, applied, fn):
+    """Copy of x where samples with `applied` are replaced by fn(those samples)."""
+    return _update_applied_(x.clone(), applied, fn)
+
+
+def _update_applied_(x, applied, fn):
+    """In place: x[applied] = fn(x[applied]); the other samples are not touched."""
+    if applied.any():
+        index = _applied_index(applied, x.device)
+        x.index_copy_(0, index, fn(x.index_select(0, index)))
+    return x
+
+
+def _check_xyz(x):
+    if x.dim() != 5 or x.shape[1] != 3:
+        raise ValueError(f'expected clips (N, 3, T, V, M), got {tuple(x.shape)}')
+
+
+# ----------------------------------------------------------------------------- normal ops
+
+def draw_temporal_crop(n, gen, num_frames, temperal_padding_ratio=6):
+    pad = num_frames // temperal_padding_ratio
+    return CropParams(torch.randint(0, 2 * pad + 1, (n,), generator=gen), pad)
+
+
+def crop_frame_index(params, num_frames):
+    """(n, T) source frame of every output frame: window of the symmetric-padded sequence."""
+    padded_pos = params.start[:, None] + torch.arange(num_frames) - params.pad
+    before = padded_pos < 0
+    after = padded_pos >= num_frames
+    # symmetric padding duplicates the edge frame: -1 -> 0, -2 -> 1; T -> T-1, T+1 -> T-2
+    return torch.where(before, -padded_pos - 1,
+                       torch.where(after, 2 * num_frames - 1 - padded_pos, padded_pos))
+
+
+def apply_temporal_crop(x, params):
+    n, c, t = x.shape[:3]
+    if params.pad > t:
+        raise ValueError(f'crop padding {params.pad} exceeds T={t}')
+    frames = crop_frame_index(params, t)
+    # one row gather: row (n, c, t) of x viewed as (N*C*T, V*M)
+    rows = (torch.arange(n * c).view(n, c, 1) * t + frames.view(n, 1, t)).reshape(-1)
+    return x.reshape(n * c * t, -1).index_select(0, rows.to(x.device)).view(x.shape)
+
+
+def draw_shear(n, gen, shear_amplitude=0.5):
+    alpha, beta = _uniform((2, n, 3), gen, -shear_amplitude, shear_amplitude).float()
+    matrix = torch.eye(3).repeat(n, 1, 1)
+    matrix[:, [0, 1, 2], [1, 0, 0]] = alpha  # S[0,1]=a0, S[1,0]=a1, S[2,0]=a2
+    matrix[:, [0, 1, 2], [2, 2, 1]] = beta   # S[0,2]=b0, S[1,2]=b1, S[2,1]=b2
+    return matrix
+
+
+def apply_channel_matrix(x, matrix):
+    """x'[n] = matrix[n] @ xyz for every frame, joint and body (matrix (n, 3, 3))."""
+    _check_xyz(x)
+    n = x.shape[0]
+    matrix = matrix.to(device=x.device, dtype=x.dtype)
+    return torch.bmm(matrix, x.reshape(n, 3, -1)).view(x.shape)
+
+
+def apply_shear(x, matrix):
+    return apply_channel_matrix(x, matrix)
+
+
+# ----------------------------------------------------------------------------- extreme ops
+
+def draw_spatial_flip(n, gen, layout=NTU, p=0.5):
+    if layout not in FLIP_MAPS:
+        raise ValueError(f'unknown layout {layout!r}; valid: {sorted(FLIP_MAPS)}')
+    return FlipParams(_coin(n, gen, p), FLIP_MAPS[layout])
+
+
+def apply_spatial_flip(x, params):
+    if len(params.joint_map) != x.shape[3]:
+        raise ValueError(f'flip map has {len(params.joint_map)} joints, clips have V={x.shape[3]}')
+    return _where_applied(x, params.applied, lambda xs: permute_joints(xs, params.joint_map))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_runs(joint_map):
+    """Split a joint map into runs of consecutive source joints, as (start, stop) slices."""
+    runs = []
+    for source in joint_map:
+        if runs and runs[-1][1] == source:
+            runs[-1][1] += 1
+        else:
+            runs.append([source, source + 1])
+    return tuple((start, stop) for start, stop in runs)
+
+
+def permute_joints(x, joint_map):
+    """x[:, :, :, joint_map]; concatenating a few contiguous slices is much faster on CPU than
+    a gather with M=2 floats per index."""
+    return torch.cat([x[:, :, :, start:stop] for start, stop in _source_runs(tuple(joint_map))], 3)
+
+
+def draw_rotate(n, gen, main_max_deg=30.0, other_max_deg=1.0):
+    axis = torch.randint(0, 3, (n,), generator=gen)
+    main = _uniform(n, gen, 0.0, math.radians(main_max_deg))
+    others = _uniform((n, 3), gen, 0.0, math.radians(other_max_deg))
+    angles = torch.where(torch.arange(3) == axis[:, None], main[:, None], others)
+    return RotateParams(axis, angles)
+
+
+def rotation_matrices(angles):
+    """(n, 3, 3) = Rz @ Ry @ Rx: rotate about x, then y, then z (reference matrices)."""
+    cos, sin = angles.cos(), angles.sin()
+    one, zero = torch.ones_like(cos[:, 0]), torch.zeros_like(cos[:, 0])
+
+    def stack(rows):
+        return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+    c, s = cos[:, 0], sin[:, 0]
+    rx = stack([(one, zero, zero), (zero, c, s), (zero, -s, c)])
+    c, s = cos[:, 1], sin[:, 1]
+    ry = stack([(c, zero, -s), (zero, one, zero), (s, zero, c)])
+    c, s = cos[:, 2], sin[:, 2]
+    rz = stack([(c, s, zero), (-s, c, zero), (zero, zero, one)])
+    return (rz @ ry @ rx).float()
+
+
+def apply_rotate(x, params):
+    return apply_channel_matrix(x, params.matrix)
+
+
+def draw_gaussian_noise(n, gen, sample_shape, std=0.01, p=0.5):
+    """Noise is drawn only for the samples whose coin says apply."""
+    applied = _coin(n, gen, p)
+    noise = torch.empty(int(applied.sum()), *sample_shape).normal_(0.0, std, generator=gen)
+    return NoiseParams(applied, noise)
+
+
+def apply_gaussian_noise(x, params):
+    return _add_noise_(x.clone(), params)
+
+
+def _add_noise_(x, params):
+    if params.noise.numel():
+        index = _applied_index(params.applied, x.device)
+        x.index_add_(0, index, params.noise.to(device=x.device, dtype=x.dtype))
+    return x
+
+
+def draw_gaussian_blur(n, gen, p=0.5, sigma_range=(0.1, 2.0), normalized=True):
+    applied = _coin(n, gen, p)
+    return BlurParams(applied, _uniform(n, gen, *sigma_range), normalized)
+
+
+def blur_kernels(sigma, normalized=True):
+    """(n, 15) weights exp(-k^2 / 2 sigma^2), k = -7..7; the reference leaves them unnormalised."""
+    offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=torch.float64)
+    weights = torch.exp(-offsets ** 2 / (2 * sigma.double()[:, None] ** 2))
+    if normalized:
+        weights = weights / weights.sum(1, keepdim=True)
+    return weights
+
+
+def blur_band_matrices(weights, num_frames):
+    """(n, T, T) banded matrices B with (B @ x)[t] = sum_k w_k x[t + k], zeros outside [0, T)."""
+    offset = torch.arange(num_frames)[None, :] - torch.arange(num_frames)[:, None]  # s - t
+    in_band = offset.abs() <= BLUR_RADIUS
+    taps = (offset + BLUR_RADIUS).clamp(0, 2 * BLUR_RADIUS)
+    return weights[:, taps] * in_band
+
+
+def _blur_samples(xs, sigma, normalized):
+    k, c, t = xs.shape[:3]
+    band = blur_band_matrices(blur_kernels(sigma, normalized), t)
+    band = band.to(device=xs.device, dtype=xs.dtype).unsqueeze(1)  # (k, 1, T, T)
+    return torch.matmul(band, xs.reshape(k, c, t, -1)).view(xs.shape)
+
+
+def apply_gaussian_blur(x, params):
+    return _where_applied(x, params.applied, _blur_fn(params))
+
+
+def _blur_fn(params):
+    sigma = params.sigma[params.applied]
+    return lambda xs: _blur_samples(xs, sigma, params.normalized)
+
+
+def draw_axis_mask(n, gen, p=0.5):
+    applied = _coin(n, gen, p)
+    return AxisMaskParams(applied, torch.randint(0, 3, (n,), generator=gen))
+
+
+def axis_mask_matrices(params):
+    """(n, 3, 3) identity with the masked axis' diagonal entry zeroed where applied."""
+    keep = torch.ones(len(params.axis), 3)
+    keep[params.applied, params.axis[params.applied]] = 0.0
+    return torch.diag_embed(keep)
+
+
+def apply_axis_mask(x, params):
+    _check_xyz(x)
+    out = x.clone()
+    if params.applied.any():
+        index = _applied_index(params.applied, x.device)
+        out[index, params.axis.to(x.device)[index]] = 0.0
+    return out
+
+
+def draw_temporal_flip(n, gen, p=0.5):
+    return CoinParams(_coin(n, gen, p))
+
+
+def apply_temporal_flip(x, params):
+    return _where_applied(x, params.applied, lambda xs: xs.flip(2))
+
+
+# ----------------------------------------------------------------------------- composites
+
+def normal_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
+    """Temporal crop then shear; a parameter <= 0 disables its op (x may be returned as is)."""
+    _check_xyz(x)
+    n, _, t = x.shape[:3]
+    if temperal_padding_ratio > 0:
+        x = apply_temporal_crop(x, draw_temporal_crop(n, gen, t, temperal_padding_ratio))
+    if shear_amplitude > 0:
+        x = apply_shear(x, draw_shear(n, gen, shear_amplitude))
+    return x
+
+
+def parse_aug_method(aug_method):
+    """Op names in the order the digits are written; unknown digits raise ValueError."""
+    unknown = sorted(set(aug_method) - set(EXTREME_OPS))
+    if unknown:
+        raise ValueError(f'aug_method {aug_method!r} has unknown op ids {unknown}; '
+                         f'valid ids: {EXTREME_OPS}')
+    return [EXTREME_OPS[digit] for digit in aug_method]
+
+
+def _then(first, second):
+    """Per-sample matrix of applying `first` (may be None) and then `second`."""
+    return second if first is None else second @ first
+
+
+def extreme_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',
+                 layout=NTU, blur_normalized=True):
+    """Crop, shear, then the extreme ops of `aug_method` in the written order.
+
+    Equals applying the op-level functions in sequence with the same draws. The coordinate maps
+    (shear, rotate, axis mask) are accumulated into one per-sample 3x3 matrix: they commute with
+    the frame/joint ops (flips, blur) and only noise forces the pending matrix to be applied.
+    """
+    _check_xyz(x)
+    n, _, t, v = x.shape[:4]
+    layout = infer_layout(v, layout)
+    ops = parse_aug_method(aug_method)
+    if temperal_padding_ratio > 0:
+        x = apply_temporal_crop(x, draw_temporal_crop(n, gen, t, temperal_padding_ratio))
+    else:
+        x = x.clone()  # the ops below update x in place
+    pending = draw_shear(n, gen, shear_amplitude) if shear_amplitude > 0 else None
+    for op in ops:
+        if op == 'rotate':
+            pending = _then(pending, draw_rotate(n, gen).matrix)
+        elif op == 'axis_mask':
+            pending = _then(pending, axis_mask_matrices(draw_axis_mask(n, gen)))
+        elif op == 'spatial_flip':
+            params = draw_spatial_flip(n, gen, layout)
+            _update_applied_(x, params.applied, lambda xs: permute_joints(xs, params.joint_map))
+        elif op == 'temporal_flip':
+            _update_applied_(x, draw_temporal_flip(n, gen).applied, lambda xs: xs.flip(2))
+        elif op == 'gaussian_blur':
+            params = draw_gaussian_blur(n, gen, normalized=blur_normalized)
+            _update_applied_(x, params.applied, _blur_fn(params))
+        elif op == 'gaussian_noise':
+            if pending is not None:  # noise is added after the coordinate maps drawn so far
+                x, pending = apply_channel_matrix(x, pending), None
+            _add_noise_(x, draw_gaussian_noise(n, gen, x.shape[1:]))
+    return x if pending is None else apply_channel_matrix(x, pending)

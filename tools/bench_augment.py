@@ -1,0 +1,57 @@
+"""Throughput of the AimCLR view pipeline: clips/s = N / time to make (extreme, normal, normal).
+
+    python tools/bench_augment.py [--batch 128] [--frames 50] [--iters 50] [--aug-method 12345]
+                                  [--threads 2]
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from feeder.augment import extreme_view, normal_view  # noqa: E402
+
+
+def make_views(x, gen, aug_method):
+    return extreme_view(x, gen, aug_method=aug_method), normal_view(x, gen), normal_view(x, gen)
+
+
+def clips_per_second(x, aug_method, iters, warmup=5):
+    gen = torch.Generator().manual_seed(0)
+    synchronize = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for _ in range(warmup):
+        make_views(x, gen, aug_method)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        make_views(x, gen, aug_method)
+    synchronize()
+    return x.shape[0] * iters / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--frames', type=int, default=50)
+    parser.add_argument('--joints', type=int, default=25)
+    parser.add_argument('--persons', type=int, default=2)
+    parser.add_argument('--iters', type=int, default=50)
+    parser.add_argument('--aug-method', default='12345')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = (args.batch, 3, args.frames, args.joints, args.persons)
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    for device in devices:
+        x = torch.randn(shape, device=device)
+        rate = clips_per_second(x, args.aug_method, args.iters)
+        threads = f', {torch.get_num_threads()} threads' if device == 'cpu' else ''
+        print(f'{device}{threads}: {rate:,.0f} clips/s  (N={args.batch}, shape {shape}, '
+              f'aug_method={args.aug_method!r}, views: extreme + 2 normal)')
+
+
+if __name__ == '__main__':
+    main()
