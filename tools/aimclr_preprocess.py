@@ -40,10 +40,10 @@ def parallel_shoulders(batch, left=LEFT_SHOULDER, right=RIGHT_SHOULDER):
     theta_t = arccos(v_x / (|v| + 1e-4)); all angles of a (sample, body) are negated when the
     shoulder z components sum to >= 0 over the frames (one sign per sequence, as the reference).
     """
-    shoulders = batch[:, :, :, right, :] - batch[:, :, :, left, :]  # (N, 3, T, M)
-    along_x, along_z = shoulders[:, 0], shoulders[:, 2]
-    norm = np.sqrt(along_x * along_x + along_z * along_z)
-    theta = np.arccos(along_x / (norm + np.float32(1e-4))).astype(np.float64)
+    shoulders = batch[:, :, :, right, :] - batch[:, :, :, left, :]  # (N, 3, T, M), float32
+    along_x, along_z = shoulders[:, 0].astype(np.float64), shoulders[:, 2].astype(np.float64)
+    # float64 trigonometry: float32 arccos is coarse for the near-zero angles that dominate
+    theta = np.arccos(along_x / (np.sqrt(along_x * along_x + along_z * along_z) + 1e-4))
     negate = along_z.sum(axis=1, keepdims=True) >= 0
     theta = np.where(negate, -theta, theta)
     coordinates_first = np.moveaxis(batch, 1, 0).astype(np.float64)  # (3, N, T, V, M)
