@@ -392,6 +392,39 @@ def fit_frames(sequence, max_frames, policy, axis=0):
     return np.take(sequence, np.arange(start, start + max_frames), axis=axis), True
 
 
+def fit_sequences(sequences, length, temporal, long_sequences='crop_center'):
+    """Variable-length sequences (T_i, ...) -> (N, length, ...) float32 and the number cropped.
+
+    `resize`: bilinear resize of each sequence (OpenCV rules, half-pixel centres), vectorised
+    over the batch; `pad`: zeros after the end, longer sequences cropped per `long_sequences`.
+    """
+    if not sequences:
+        raise ValueError('no sequences')
+    frame_shape = sequences[0].shape[1:]
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    if temporal == 'resize':
+        padded = np.zeros((len(sequences), lengths.max()) + frame_shape, dtype=np.float32)
+        for n, sequence in enumerate(sequences):
+            padded[n, :len(sequence)] = sequence
+        return resize_frames(padded, lengths, length, axis=1), 0
+    if temporal != 'pad':
+        raise ValueError(f'unknown temporal mode {temporal!r}')
+    fixed = np.zeros((len(sequences), length) + frame_shape, dtype=np.float32)
+    num_cropped = 0
+    for n, sequence in enumerate(sequences):
+        sequence, cropped = fit_frames(sequence, length, long_sequences)
+        fixed[n, :len(sequence)] = sequence
+        num_cropped += cropped
+    return fixed, num_cropped
+
+
+def center_on_joint(sequence, joint):
+    """Subtracts `joint` from every joint, per frame (and person), on (..., V, C) arrays;
+    all-zero skeletons (absent persons, padding) stay zero."""
+    present = np.any(sequence != 0, axis=(-2, -1), keepdims=True)
+    return (sequence - sequence[..., joint:joint + 1, :]) * present
+
+
 # --------------------------------------------------------------------------------------------
 # rotations
 # --------------------------------------------------------------------------------------------
