@@ -32,11 +32,23 @@ Z_BONE = (0, 1)   # hip -> spine
 X_BONE = (4, 8)   # left shoulder -> right shoulder
 
 
+def joint_sums(s):
+    """x + y + z of every joint of (N, M, T, V, 3); faster than a reduction over a length-3 axis."""
+    return s[..., 0] + s[..., 1] + s[..., 2]
+
+
+def presence(s):
+    """Reference 'non-empty' tests (coordinate sums != 0) of samples, persons, frames, joints."""
+    joints = joint_sums(s)
+    frames = joints.sum(axis=-1)
+    persons = frames.sum(axis=-1)
+    return persons.sum(axis=-1) != 0, persons != 0, frames != 0, joints != 0
+
+
 def pad_null_frames(s):
     """Step 1 on (N, M, T, V, C): compaction when frame 0 is empty, then cyclic padding."""
     num_frames = s.shape[2]
-    frame_present = s.sum(axis=(3, 4)) != 0                # (N, M, T)
-    person_present = s.sum(axis=(2, 3, 4)) != 0            # (N, M)
+    _, person_present, frame_present, _ = presence(s)
     order = np.broadcast_to(np.arange(num_frames), frame_present.shape).copy()
     compact = person_present & ~frame_present[..., 0]
     order[compact] = np.argsort(~frame_present[compact], axis=-1, kind='stable')
@@ -51,9 +63,9 @@ def pad_null_frames(s):
 
 def center_on_main_body(s, joint=CENTER_JOINT):
     """Step 2: subtract person 0's `joint` per frame, keeping zero joints at zero."""
-    center = s[:, :1, :, joint:joint + 1, :]
-    centred = (s - center) * (s.sum(axis=-1, keepdims=True) != 0)
-    apply = (s.sum(axis=(1, 2, 3, 4)) != 0)[:, None] & (s.sum(axis=(2, 3, 4)) != 0)
+    sample_present, person_present, _, joint_present = presence(s)
+    centred = (s - s[:, :1, :, joint:joint + 1, :]) * joint_present[..., None]
+    apply = sample_present[:, None] & person_present
     return np.where(apply[:, :, None, None, None], centred, s)
 
 
@@ -62,10 +74,10 @@ def align_bone(s, bone, target):
     turns person 0's frame-0 bone (joint bone[0] -> bone[1]) onto `target`."""
     start, end = bone
     rotations = du.aligning_rotations(s[:, 0, 0, end] - s[:, 0, 0, start], target)
-    rotated = np.einsum('nij,nmtvj->nmtvi', rotations, s.astype(np.float64)).astype(np.float32)
-    apply = ((s.sum(axis=(1, 2, 3, 4)) != 0)[:, None, None]
-             & (s.sum(axis=(2, 3, 4)) != 0)[:, :, None]
-             & (s.sum(axis=(3, 4)) != 0))
+    points = s.astype(np.float64).reshape(len(s), -1, 3)
+    rotated = np.matmul(points, rotations.transpose(0, 2, 1)).astype(np.float32).reshape(s.shape)
+    sample_present, person_present, frame_present, _ = presence(s)
+    apply = sample_present[:, None, None] & person_present[:, :, None] & frame_present
     return np.where(apply[..., None, None], rotated, s)
 
 
