@@ -6,37 +6,24 @@ aliases so such files run unchanged, without importing arbitrary user strings.
 """
 import difflib
 import importlib
+import pkgutil
 
-# Modules whose import registers classes. Importing them lazily keeps `main.py --help` fast
-# and avoids import cycles between the registry and the registered modules.
-_PLUGIN_MODULES = (
-    'feeder.array_feeder',
-    'net.st_gcn',
-    'net.skeletonclr',
-    'net.aimclr',
-    'net.asar',
-    'processor.pretrain',
-    'processor.evaluation',
-    'processor.knn_retrieval',
-    'processor.extract_features',
-)
+# Packages whose modules register classes by decorator. Every module in them is imported on
+# first lookup, so adding a method, encoder or task is adding one file (no central list).
+_PLUGIN_PACKAGES = ('feeder', 'net', 'processor')
 _loaded = False
 
 
 def load_plugins():
-    """Import every module that registers classes (once)."""
+    """Import every module of the plugin packages (once)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    for name in _PLUGIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            # Only tolerate modules of this project that do not exist yet; a missing
-            # dependency inside an existing module must surface.
-            if err.name != name:
-                raise
+    for package_name in _PLUGIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f'{package_name}.{info.name}')
 
 
 class Registry:
