@@ -286,7 +286,7 @@ def bow(angles, phase, amp, style):
     angles[:, :, SPINE_SHOULDER, RX] -= 0.25 * depth
     angles[:, :, HEAD, RX] -= 0.2 * depth
     for side in SIDES:
-        angles[:, :, UPPER_ARM[side], RX] += (0.6 + 0.3 * style) * depth   # arms hang down or stay at the sides
+        angles[:, :, UPPER_ARM[side], RX] += (0.6 + 0.3 * style) * depth   # arms hang down
 
 
 def walk_in_place(angles, phase, amp, style):
