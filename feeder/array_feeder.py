@@ -4,6 +4,7 @@ The dataset only reads clips; augmentation happens batched on the device (feeder
 The original feeder names are aliases of this class and their augmentation keys are kept
 in `view_args`, which the processor hands to the view pipeline.
 """
+import inspect
 import os
 import pickle
 
@@ -53,8 +54,7 @@ def balanced_subset(labels, fraction, seed):
 
 @FEEDERS.register('skeleton_array', aliases=[
     'feeder.ntu_feeder.Feeder_single', 'feeder.ntu_feeder.Feeder_dual',
-    'feeder.ntu_feeder.Feeder_triple', 'feeder.ntu_feeder.Feeder_semi',
-    'feeder.ntu_feeder.Feeder', 'feeder.feeder.Feeder'])
+    'feeder.ntu_feeder.Feeder_triple', 'feeder.ntu_feeder.Feeder', 'feeder.feeder.Feeder'])
 class SkeletonArrayDataset(Dataset):
     """Reads `data_path` (memory-mapped when `mmap`) and `label_path`.
 
@@ -88,6 +88,8 @@ class SkeletonArrayDataset(Dataset):
             self.index = balanced_subset(self.label, label_percent, subset_seed)
         # Only keys the config set: pretraining fills in the reference defaults, evaluation
         # treats an absent key as 'no augmentation'.
+        if aug_method is not None:   # YAML / the config reader turn '123456' into a number
+            aug_method = str(aug_method)
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
                      aug_method=aug_method, blur_normalized=blur_normalized, layout=layout)
         self.view_args = {k: v for k, v in given.items() if v is not None}
@@ -121,3 +123,16 @@ class SkeletonArrayDataset(Dataset):
         i = int(self.index[item])
         clip = torch.from_numpy(np.array(self.data[i], dtype=np.float32))
         return clip, self.label[i], item
+
+
+@FEEDERS.register('skeleton_semi', aliases=['feeder.ntu_feeder.Feeder_semi'])
+class SemiArrayDataset(SkeletonArrayDataset):
+    """`Feeder_semi`: as SkeletonArrayDataset, with the reference default label_percent 0.1."""
+
+    def __init__(self, data_path, label_path=None, label_percent=0.1, **kwargs):
+        super().__init__(data_path, label_path, label_percent=label_percent, **kwargs)
+
+    # the parent's named arguments, so configs are still checked key by key
+    __init__.__signature__ = inspect.signature(SkeletonArrayDataset.__init__).replace(parameters=[
+        p.replace(default=0.1) if p.name == 'label_percent' else p
+        for p in inspect.signature(SkeletonArrayDataset.__init__).parameters.values()])

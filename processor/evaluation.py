@@ -5,6 +5,7 @@ When the training data has no augmentation, the encoder output is the same every
 pooled features of both splits are computed once and the classifier is trained on them:
 100 epochs then cost one encoder pass (the result equals running the encoder every epoch).
 """
+import inspect
 import json
 import os
 import pickle
@@ -20,7 +21,7 @@ from processor.base import BASE_OPTIONS, Processor
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, coerce
 from torchlight.io import atomic_save, reference_state_dict
-from torchlight.registry import TASKS
+from torchlight.registry import FEEDERS, TASKS
 
 CLASSIFIER_PREFIX = 'encoder_q.fc.'
 
@@ -279,6 +280,12 @@ class FinetuneEvaluation(ClassifierProcessor):
         super().validate()
         if self.cfg['bn_mode'] not in ('train', 'eval'):
             raise ConfigError(f"option 'bn_mode' must be train or eval, got {self.cfg['bn_mode']!r}")
+        # The labelled subset follows the run's seed unless train_feeder_args.subset_seed is set
+        # (recorded in config.yaml, which is written after validation).
+        args = self.cfg['train_feeder_args']
+        if args and 'subset_seed' not in args and self.cfg['train_feeder'] in FEEDERS and \
+                'subset_seed' in inspect.signature(FEEDERS.get(self.cfg['train_feeder'])).parameters:
+            self.cfg['train_feeder_args'] = {**args, 'subset_seed': self.cfg['seed']}
 
     def setup(self):
         super().setup()

@@ -5,6 +5,7 @@ Every step draws its augmentation parameters and its dropout stream from
 `checkpoint_last.pt` therefore continues exactly as if it had never stopped.
 """
 import contextlib
+import inspect
 import math
 import os
 
@@ -16,7 +17,7 @@ from processor.base import BASE_OPTIONS, Processor
 from torchlight import dist
 from torchlight.config import ConfigError, Opt
 from torchlight.io import atomic_save, reference_state_dict
-from torchlight.registry import TASKS
+from torchlight.registry import MODELS, TASKS
 
 RESUME_FILE = 'checkpoint_last.pt'
 STATE_FORMAT = 'skeleton-ssl/train-state/1'
@@ -35,6 +36,17 @@ PRETRAIN_OPTIONS = {
 class PretrainProcessor(Processor):
     options = PRETRAIN_OPTIONS
     description = 'self-supervised pretraining of a method on the training split'
+    # Top-level options passed to the method constructor when it names them (reference files
+    # keep e.g. AimCLR's mining_epoch/topk at the top level); model_args entries win.
+    method_options = ()
+
+    def method_kwargs(self):
+        if not self.method_options or self.cfg['model'] not in MODELS:
+            return {}   # build_model reports a bad model name
+        params = inspect.signature(MODELS.get(self.cfg['model'])).parameters
+        named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        return {n: self.cfg[n] for n in self.method_options
+                if n in named and n not in self.cfg['model_args']}
 
     def validate(self):
         super().validate()
@@ -51,7 +63,7 @@ class PretrainProcessor(Processor):
         if len(self.loader) == 0:
             raise ConfigError(f'batch_size {cfg["batch_size"]} is larger than the training set '
                               f'({len(self.dataset)} clips): no full batch to train on')
-        self.model = self.build_model().to(self.device)
+        self.model = self.build_model(**self.method_kwargs()).to(self.device)
         self.load_weights(self.model)
         self.view_kinds = type(self.model).views
         self.view_args = self.dataset.view_args
