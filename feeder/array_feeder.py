@@ -88,7 +88,7 @@ class SkeletonArrayDataset(Dataset):
             self.index = balanced_subset(self.label, label_percent, subset_seed)
         # Only keys the config set: pretraining fills in the reference defaults, evaluation
         # treats an absent key as 'no augmentation'.
-        if aug_method is not None:   # YAML / the config reader turn '123456' into a number
+        if aug_method is not None:   # unquoted YAML or a command-line 123456 arrives as a number
             aug_method = str(aug_method)
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
                      aug_method=aug_method, blur_normalized=blur_normalized, layout=layout)

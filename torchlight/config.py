@@ -93,11 +93,14 @@ def coerce(value, kind, key):
     raise ConfigError(f'option {key!r}: cannot read {value!r} as {name}')
 
 
+_EXPONENT_RE = re.compile(r'^[+-]?((\d+\.?\d*)|(\.\d+))[eE][+-]?\d+$')
+
+
 def normalize_free_value(value):
-    """Values inside free-form dicts: numeric-looking strings become numbers."""
+    """Values inside free-form dicts: exponent literals that YAML 1.1 leaves as strings
+    ('1e-4') become floats; every other string stays as written (aug_method: '123456')."""
     if isinstance(value, str):
-        parsed = parse_scalar(value)
-        return parsed if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else value
+        return float(value) if _EXPONENT_RE.match(value.strip()) else value
     if isinstance(value, dict):
         return normalize_free_dict(value)
     if isinstance(value, list):
