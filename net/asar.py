@@ -81,10 +81,11 @@ def candidate_gradients(q, z):
 
 
 @torch.no_grad()
-def kmeans(x, n_clusters, generator=None, max_iter=100, tol=1e-4, empty='keep'):
+def kmeans(x, n_clusters, generator=None, max_iter=100, tol=1e-4, empty='keep', init=None):
     """Full-batch Lloyd k-means (Euclidean) of the rows of x on x's device.
 
-    Initial centroids: `n_clusters` distinct rows drawn with the CPU `generator`. Every
+    Initial centroids: `n_clusters` distinct rows drawn with the CPU `generator` (or the rows
+    listed in `init`). Every
     iteration assigns each row to its nearest centroid (first one on ties) and recomputes the
     means; it stops when the squared centroid shift is <= tol (the assignment returned is the
     one made with the centroids that met the tolerance) or after `max_iter` iterations (the
@@ -96,7 +97,9 @@ def kmeans(x, n_clusters, generator=None, max_iter=100, tol=1e-4, empty='keep'):
     m = x.shape[0]
     if not 0 < n_clusters <= m:
         raise ValueError(f'cannot make {n_clusters} clusters of {m} points')
-    start = torch.randperm(m, generator=generator)[:n_clusters].to(x.device)
+    if init is None:
+        init = torch.randperm(m, generator=generator)[:n_clusters]
+    start = torch.as_tensor(init, dtype=torch.long).to(x.device)
     centroids = x[start]
     x_sq = (x * x).sum(dim=1, keepdim=True)
     labels = None
