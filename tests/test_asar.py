@@ -318,3 +318,35 @@ def test_resume_replays_active_sampling(tiny_data, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+# ----------------------------------------------------------------------------- distributed
+def _ddp_worker(rank, world, init_file, out_dir, q, k):
+    import torch.distributed as tdist
+    torch.set_num_threads(1)
+    tdist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        m = tiny_asar()
+        m.queue_ptr[0] = 16
+        n = q.shape[0] // world
+        written = m.active_sample(q[rank * n:(rank + 1) * n], k[rank * n:(rank + 1) * n], epoch=200)
+        torch.save({'queue': m.queue, 'ptr': m.queue_ptr, 'written': written},
+                   os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_active_sampling_under_ddp_equals_single_process(tmp_path):
+    import torch.multiprocessing as mp
+    gen = torch.Generator().manual_seed(7)
+    q = F.normalize(torch.randn(8, 4, generator=gen), dim=1)
+    k = F.normalize(torch.randn(8, 4, generator=gen), dim=1)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path), q, k), nprocs=2, join=True)
+    single = tiny_asar()
+    single.queue_ptr[0] = 16
+    written = single.active_sample(q, k, epoch=200)
+    for rank in range(2):
+        out = torch.load(tmp_path / f'rank{rank}.pt', weights_only=True)
+        assert out['written'] == written
+        assert torch.equal(out['ptr'], single.queue_ptr)
+        assert torch.allclose(out['queue'], single.queue, atol=1e-6)
