@@ -306,6 +306,19 @@ def test_tiny_run_crosses_active_sampling_epoch(tiny_data, tmp_path):
     assert 24 <= written <= 48 and int(second['queue_ptr']) == (24 + written) % 40
     assert (second['labels'] == -1).all() and not torch.equal(first['queue'], second['queue'])
     assert proc.model.kmeans_seed == 0
+    # linear evaluation of the ASAR checkpoint with the reference ignore list
+    argv = ['--work_dir', str(tmp_path / 'le'), '--model', 'net.asar.ASAR',
+            '--model_args', str({**TINY_ENCODER, 'num_class': 4, 'pretrain': False}).replace("'", '"'),
+            '--weights', os.path.join(work, 'epoch2_model.pt'),
+            '--ignore_weights', 'encoder_q.fc', 'encoder_k', 'queue', 'predict_q', 'labels',
+            '--train_feeder', 'feeder.ntu_feeder.Feeder_single',
+            '--train_feeder_args.data_path', tiny_data['train'][0],
+            '--train_feeder_args.label_path', tiny_data['train'][1],
+            '--test_feeder_args.data_path', tiny_data['val'][0],
+            '--test_feeder_args.label_path', tiny_data['val'][1],
+            '--batch_size', '8', '--test_batch_size', '6', '--num_epoch', '2', '--eval_interval', '1',
+            '--num_worker', '0', '--use_gpu', 'false', '--print_log', 'false']
+    assert main.main(['processor.linear_evaluation.LE_Processor'] + argv) == 0
 
 
 def test_resume_replays_active_sampling(tiny_data, tmp_path):
