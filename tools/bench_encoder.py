@@ -2,6 +2,7 @@
 
     python tools/bench_encoder.py                 # batch 128, T 50, V 25, M 2, hidden 16
     python tools/bench_encoder.py --profile       # plus a torch.profiler op table
+    python tools/bench_encoder.py --threads 1 --clock cpu   # robust when other jobs share the CPU
 """
 import argparse
 import os
@@ -24,6 +25,8 @@ def parse_args():
     p.add_argument('--repeat', type=int, default=5)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: leave default)')
+    p.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                   help='cpu: process CPU time (use with --threads 1 on a shared machine)')
     p.add_argument('--profile', action='store_true', help='print a torch.profiler op table')
     return p.parse_args()
 
@@ -34,14 +37,14 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
-def best_ms(fn, repeat, warmup):
+def best_ms(fn, repeat, warmup, clock=time.perf_counter):
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return 1e3 * min(times), 1e3 * sorted(times)[len(times) // 2]
 
 
@@ -62,10 +65,12 @@ def main():
         model(x).sum().backward()
 
     print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch} '
-          f'(N*M = {args.batch * args.persons}), T {args.frames}, hidden {args.hidden}')
+          f'(N*M = {args.batch * args.persons}), T {args.frames}, hidden {args.hidden}, '
+          f'{args.clock} clock')
     for name, fn in (('forward', fwd), ('forward+backward', fwd_bwd)):
         flops = count_flops(fn)
-        best, median = best_ms(fn, args.repeat, args.warmup)
+        clock = time.process_time if args.clock == 'cpu' else time.perf_counter
+        best, median = best_ms(fn, args.repeat, args.warmup, clock)
         print(f'{name:>17}: best {best:8.1f} ms  median {median:8.1f} ms  '
               f'{flops / 1e9:7.1f} GFLOP  {flops / best / 1e6:6.1f} GFLOP/s')
 
