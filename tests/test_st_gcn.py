@@ -178,6 +178,8 @@ def slow_feature(model, x):
 def test_feature_matches_slow_formulation():
     torch.manual_seed(1)
     m = randomise(Model(hidden_channels=4, hidden_dim=8, num_class=5)).double().eval()
+    # block 9 (16 -> 8) takes the conv-then-contract path, the others contract first
+    assert [b.gcn.contract_first for b in m.st_gcn_networks] == [True] * 9 + [False]
     x = torch.randn(3, 3, 20, 25, 2, dtype=torch.float64)
     with torch.no_grad():
         fast = m.extract_feature(x)
