@@ -30,6 +30,8 @@ PRETRAIN_OPTIONS = {
     'eval_interval': Opt(-1, int, 'unused by pretraining (evaluate with linear_evaluation / knn_retrieval)'),
     'amp': Opt('off', str, "'off' (exact fp32) or 'bf16' autocast"),
     'compile': Opt(False, bool, 'torch.compile the query encoder'),
+    'sync_bn': Opt(True, bool, 'under torchrun: batch-norm statistics over the global batch '
+                               '(torch SyncBatchNorm on CUDA, torchlight.dist.SyncBatchNorm on gloo)'),
 }
 
 
@@ -65,6 +67,8 @@ class PretrainProcessor(Processor):
                               f'({len(self.dataset)} clips): no full batch to train on')
         self.model = self.build_model(**self.method_kwargs()).to(self.device)
         self.load_weights(self.model)
+        if self.world_size > 1 and cfg['sync_bn']:
+            self.model = dist.convert_sync_batchnorm(self.model)   # same parameters and keys
         self.view_kinds = type(self.model).views
         self.view_args = self.dataset.view_args
         self.optimizer = self.build_optimizer(self.model.parameters())

@@ -4,7 +4,7 @@ and the evaluation tasks.
     python tools/benchmark.py [--methods aimclr,skeletonclr,asar,linear_eval,finetune_eval,extract_features]
                               [--steps 3] [--batch 128] [--impl fast|reference] [--amp off|bf16|auto]
                               [--compile] [--threads N] [--device cpu|cuda] [--json PATH]
-                              [--linear-e2e] [--linear-train 2048] [--linear-epochs 100]
+                              [--linear-e2e] [--linear-train 1024] [--linear-epochs 100]
 
 Per row: training samples/s (median over --steps timed steps; the first, warm-up step is timed
 separately: on the CPU it includes oneDNN/MKL initialisation), augmentation clips/s (the
@@ -69,10 +69,10 @@ def matmul_gflops(device, size=2048, reps=5):
     times = []
     for _ in range(reps):
         synchronize(device)
-        start = time.perf_counter()
+        start = now()
         a @ b
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
@@ -112,20 +112,31 @@ class PeakMemory:
             self.peak = max(self.peak, rss_mb())
 
 
+CLOCK = {'clock': 'wall'}
+
+
+def now():
+    """Wall clock, or (--clock cpu) this process's CPU time divided by the torch thread count:
+    on a CPU shared with other jobs that estimates the wall time the step would take alone."""
+    if CLOCK['clock'] == 'cpu':
+        return time.process_time() / torch.get_num_threads()
+    return time.perf_counter()
+
+
 def timed(fn, device, steps):
     """(warm-up seconds, median seconds of `steps` further calls, peak memory MB)."""
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     fn()
     synchronize(device)
-    warmup = time.perf_counter() - start
+    warmup = now() - start
     times = []
     with PeakMemory(device) as mem:
         for _ in range(steps):
-            start = time.perf_counter()
+            start = now()
             fn()
             synchronize(device)
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     return warmup, statistics.median(times), mem.peak
 
 
@@ -310,23 +321,35 @@ def main(argv=None):
     parser.add_argument('--compile', action='store_true', help='torch.compile the query encoder')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda')
+    parser.add_argument('--clock', default='wall', choices=['wall', 'cpu'],
+                        help='cpu: process CPU time / threads (for a CPU shared with other jobs; '
+                             'CPU rows only)')
     parser.add_argument('--no-flops', action='store_true', help='skip the FLOP count (saves one step per row)')
     parser.add_argument('--json', default=None, help='write the rows as a JSON list to this path')
     parser.add_argument('--linear-e2e', action='store_true', help='also time linear evaluation end to end')
-    parser.add_argument('--linear-train', type=int, default=2048, help='synthetic training clips for --linear-e2e')
+    parser.add_argument('--linear-train', type=int, default=1024, help='synthetic training clips for --linear-e2e')
     parser.add_argument('--linear-epochs', type=int, default=100)
     parser.add_argument('--linear-uncached-epochs', type=int, default=2,
                         help='epochs actually run without the cache (then extrapolated)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    CLOCK['clock'] = args.clock
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available()
                           else ('cpu' if args.device == 'auto' else args.device))
     amps = {'off': ['off'], 'bf16': ['bf16'], 'auto': ['off', 'bf16'] if device.type == 'cuda' else ['off']}[args.amp]
     peak = matmul_gflops(device)
     print(f'device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, '
-          f'fp32 matmul {peak:.1f} GFLOP/s (2048^3, median of 5)', flush=True)
+          f'{args.clock} clock, fp32 matmul {peak:.1f} GFLOP/s (2048^3, median of 5)', flush=True)
     rows = []
+    x = torch.randn(args.batch, 3, args.frames, 25, 2, device=device)
+    gen = torch.Generator().manual_seed(0)
+    _, aug_s, _ = timed(lambda: make_views(x, ('extreme', 'normal', 'normal'), gen, VIEW_ARGS), device, 10)
+    aug_row = {'method': 'augment_extreme+2normal', 'device': device.type, 'batch_size': args.batch,
+               'aug_clips_per_s': args.batch / aug_s, 'train_samples_per_s': None, 'peak_mem_mb': None,
+               'gflop_per_sample': None}
+    print(f'batched augmentation, AimCLR views (extreme + 2 normal), batch {args.batch}: '
+          f'{aug_row["aug_clips_per_s"]:,.0f} clips/s (median of 10)', flush=True)
     for name in [m.strip() for m in args.methods.split(',') if m.strip()]:
         if name in SKIPPED:
             print(f'skip {name}: {SKIPPED[name]}')
@@ -353,7 +376,7 @@ def main(argv=None):
               f'-> {row["uncached_s_extrapolated"]:.0f} s extrapolated; speed-up {row["speedup"]:.0f}x')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(rows + ([row] if row else []), f, indent=1)
+            json.dump(rows + [aug_row] + ([row] if row else []), f, indent=1)
     return rows
 
 

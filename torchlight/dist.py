@@ -126,3 +126,100 @@ def all_reduce_mean(value):
 def cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- synchronised BN
+class _GlobalBatchNorm(torch.autograd.Function):
+    """Batch norm over the union of every rank's batch (two all-reduces forward, one backward).
+
+    Forward: global mean, then the global sum of squared deviations (two-pass, as accurate as
+    the local kernel). Backward: each rank's input gradient uses the global sums of the
+    upstream gradients, so it is the gradient of the sum of all ranks' losses; the weight/bias
+    gradients are local and DDP averages them, like every other parameter gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        c = x.shape[1]
+        stats = torch.cat([x.sum(dims, dtype=torch.float64),
+                           torch.tensor([x.numel() // c], dtype=torch.float64, device=x.device)])
+        dist.all_reduce(stats)
+        count = stats[-1]
+        mean = (stats[:-1] / count).to(x.dtype)
+        centred = x - mean.view(shape)
+        sq = centred.pow(2).sum(dims, dtype=torch.float64)
+        dist.all_reduce(sq)
+        var = sq / count
+        invstd = torch.rsqrt(var + eps).to(x.dtype)
+        xhat = centred.mul_(invstd.view(shape))
+        y = xhat * weight.view(shape) + bias.view(shape) if weight is not None else xhat.clone()
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.count = count
+        unbiased = var * count / (count - 1).clamp(min=1)
+        return y, mean, unbiased.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad, _mean_grad, _var_grad):
+        xhat, invstd, weight = ctx.saved_tensors
+        dims = [0] + list(range(2, grad.dim()))
+        shape = [1, -1] + [1] * (grad.dim() - 2)
+        local_g = grad.sum(dims)
+        local_gx = (grad * xhat).sum(dims)
+        sums = torch.cat([local_g, local_gx]).double()
+        dist.all_reduce(sums)
+        c = local_g.shape[0]
+        mean_g = (sums[:c] / ctx.count).to(grad.dtype).view(shape)
+        mean_gx = (sums[c:] / ctx.count).to(grad.dtype).view(shape)
+        scale = invstd if weight is None else invstd * weight
+        gx = (grad - mean_g - xhat * mean_gx) * scale.view(shape)
+        gw = local_gx if weight is not None and ctx.needs_input_grad[1] else None
+        gb = local_g if weight is not None and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics span all ranks, on any backend (gloo on the
+    CPU, where torch.nn.SyncBatchNorm refuses to run). Same parameters, buffers and state-dict
+    keys as BatchNorm1d/2d; single-process or eval mode falls back to the plain kernel."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f'expected at least 2-D input, got {x.dim()}-D')
+
+    def forward(self, x):
+        if not (self.training and world_size() > 1):
+            return super().forward(x)
+        momentum = self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        y, mean, var = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(var.detach(), alpha=momentum)
+        return y
+
+
+def convert_sync_batchnorm(module):
+    """Replace every BatchNorm1d/2d/3d by a synchronised one sharing its parameters and buffers
+    (state-dict keys and the optimiser's parameter objects stay the same). CUDA uses
+    torch.nn.SyncBatchNorm; other devices use `SyncBatchNorm` above."""
+    if any(p.is_cuda for p in module.parameters()):
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats)
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        new.running_mean, new.running_var = module.running_mean, module.running_var
+        new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        new_child = convert_sync_batchnorm(child)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
