@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import math
 import os
+import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -149,6 +150,7 @@ class PretrainProcessor(Processor):
         lr = self.set_lr(self.optimizer, epoch)
         self.loader.sampler.set_epoch(epoch)
         totals, count = {}, 0
+        started = time.perf_counter()
         bar = self.progress(self.loader, desc=f'epoch {epoch}/{self.cfg["num_epoch"]}')
         for step, (x, _, _) in enumerate(bar):
             x = x.to(self.device, non_blocking=True).float()
@@ -166,8 +168,11 @@ class PretrainProcessor(Processor):
         for k, v in means.items():
             writer.add_scalar(k if k != 'loss' else 'loss', v, epoch)
         writer.add_scalar('epoch', epoch, epoch)
+        seconds = time.perf_counter() - started
+        clips = count * self.cfg['batch_size']
+        writer.add_scalar('clips_per_s', clips / seconds, epoch)
         self.log(f'Epoch {epoch} done | ' + ' | '.join(f'{k}: {v:.4f}' for k, v in means.items())
-                 + f' | lr: {lr:.6f}')
+                 + f' | lr: {lr:.6f} | {seconds:.1f} s, {clips / seconds:.1f} clips/s')
         return means
 
     def start(self):
