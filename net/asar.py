@@ -53,7 +53,9 @@ def soft_targets(k, queue, neighbours, tau):
     k: (N, D) normalised keys; queue: (D, K). Returns (targets (N, 1 + K) with rows summing to
     one: column 0 is the key itself, column 1 + j queue entry j; confidence c (N,)).
     """
-    s = (k @ queue) / tau                                   # (N, K)
+    # at least fp32, also when autocast ran the product in bf16
+    dtype = torch.promote_types(torch.promote_types(k.dtype, queue.dtype), torch.float32)
+    s = (k @ queue).to(dtype) / tau                         # (N, K)
     size = s.shape[1]
     index = s.topk(neighbours, dim=1).indices               # (N, n)
     log_p = F.log_softmax(s, dim=1)

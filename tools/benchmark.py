@@ -2,7 +2,7 @@
 and the evaluation tasks.
 
     python tools/benchmark.py [--methods aimclr,skeletonclr,asar,linear_eval,finetune_eval,extract_features]
-                              [--steps 3] [--batch 128] [--impl fast|reference] [--amp off|bf16|auto]
+                              [--steps 3] [--batch 128] [--impl auto|fast|reference] [--amp off|bf16|auto]
                               [--compile] [--threads N] [--device cpu|cuda] [--json PATH]
                               [--linear-e2e] [--linear-train 1024] [--linear-epochs 100]
 
@@ -315,7 +315,8 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=3, help='timed steps per row (median reported)')
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--frames', type=int, default=50)
-    parser.add_argument('--impl', default='fast', choices=['fast', 'reference'], help='ST-GCN implementation')
+    parser.add_argument('--impl', default='auto', choices=['auto', 'fast', 'reference'],
+                        help='ST-GCN implementation (auto: fast on the CPU, cuDNN path on CUDA)')
     parser.add_argument('--amp', default='auto', choices=['off', 'bf16', 'auto'],
                         help='auto: fp32, and on CUDA also bf16 rows')
     parser.add_argument('--compile', action='store_true', help='torch.compile the query encoder')
