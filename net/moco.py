@@ -4,7 +4,6 @@ The method owns the query/key encoders, the key queue (D, K) and its pointer. Ke
 ranks are gathered before they enter the queue, and the pointer moves once per step, so the
 queue is the same on every rank and equal to a single process with the global batch.
 """
-import copy
 import inspect
 
 import torch

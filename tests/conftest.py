@@ -21,6 +21,29 @@ def shared_dir():
     return path if os.path.isdir(path) else None
 
 
+def fixture_dir(name):
+    """The shared reference fixture folder `name`; skips the test cleanly when it is absent."""
+    root = shared_dir()
+    folder = os.path.join(root, 'fixtures', name) if root else None
+    if not folder or not os.path.isfile(os.path.join(folder, 'fixture.npz')):
+        pytest.skip(f'shared fixture {name} not available')
+    return folder
+
+
+def extract_features_cli(tmp_path, config_text, weights, clips):
+    """Run `main.py extract_features` with a config written from `config_text` on `clips`
+    (saved to a .npy); returns the features and the run's log text."""
+    import main
+    config, data, out = tmp_path / 'config.yaml', tmp_path / 'input.npy', tmp_path / 'feats.npy'
+    config.write_text(config_text)
+    np.save(data, clips)
+    work = tmp_path / 'work'
+    assert main.main(['extract_features', '--config', str(config), '--weights', weights,
+                      '--input', str(data), '--output', str(out), '--work_dir', str(work),
+                      '--print_log', 'false']) == 0
+    return np.load(out), (work / 'log.txt').read_text()
+
+
 def write_dataset(folder, split, n, t=20, v=25, m=2, num_class=4, seed=0):
     """Tiny labelled arrays in the standard format; class c shifts the x coordinate by c."""
     rng = np.random.default_rng(seed)

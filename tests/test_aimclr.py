@@ -1,5 +1,4 @@
 """AimCLR: D3M, nearest-neighbour mining, EADM modes, loss composition and a run through the engine."""
-import copy
 import json
 import math
 import os

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import main
 from processor.base import Processor
-from tests.conftest import shared_dir
+from tests.conftest import extract_features_cli, fixture_dir
 from torchlight.config import build_config
 from torchlight.io import load_weights
 
@@ -51,32 +50,16 @@ eval_interval: 5
 """
 
 
-def fixture_dir(name):
-    root = shared_dir()
-    d = os.path.join(root, 'fixtures', name) if root else None
-    if not d or not os.path.isfile(os.path.join(d, 'fixture.npz')):
-        pytest.skip(f'shared fixture {name} not available')
-    return d
-
-
 @pytest.mark.parametrize('name', FIXTURES)
 def test_extract_features_reproduces_reference(name, tmp_path):
     d = fixture_dir(name)
     arrays = np.load(os.path.join(d, 'fixture.npz'))
-    config = tmp_path / 'linear_eval_aimclr.yaml'
-    config.write_text(REFERENCE_LINEAR_CONFIG)
-    np.save(tmp_path / 'input.npy', arrays['input'])
-    out = tmp_path / 'feats.npy'
-    rc = main.main(['extract_features', '--config', str(config), '--weights', os.path.join(d, 'epoch1_model.pt'),
-                    '--input', str(tmp_path / 'input.npy'), '--output', str(out),
-                    '--work_dir', str(tmp_path / 'work'), '--print_log', 'false'])
-    assert rc == 0
-    feats = np.load(out)
+    feats, log = extract_features_cli(tmp_path, REFERENCE_LINEAR_CONFIG,
+                                      os.path.join(d, 'epoch1_model.pt'), arrays['input'])
     diff = np.abs(feats - arrays['feature']).max()
     print(f'{name}: extract_features max abs diff {diff:.3g}')
     assert feats.shape == (4, 256) and diff < 1e-4
     # the log names exactly the reference filters and the two missing classifier tensors
-    log = (tmp_path / 'work' / 'log.txt').read_text()
     assert 'Can not find weights [encoder_q.fc.weight]' in log and 'Can not find weights [encoder_q.fc.bias]' in log
     assert log.count('Can not find weights') == 2
 

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp

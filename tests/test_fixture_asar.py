@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import main
 from net.asar import ASAR
-from tests.conftest import shared_dir
+from tests.conftest import extract_features_cli, fixture_dir
 from torchlight.config import build_config
 from torchlight.io import load_weights
 from torchlight.registry import TASKS
@@ -75,31 +74,22 @@ eval_interval: 5
 
 
 @pytest.fixture
-def fixture_dir():
-    shared = shared_dir()
-    d = os.path.join(shared, 'fixtures', 'asar_stgcn') if shared else None
-    if not d or not os.path.isfile(os.path.join(d, 'fixture.npz')):
-        pytest.skip('shared fixture asar_stgcn not found')
-    return d
+def asar_dir():
+    return fixture_dir('asar_stgcn')
 
 
-def test_extract_features_reproduces_reference(fixture_dir, tmp_path):
-    arrays = np.load(os.path.join(fixture_dir, 'fixture.npz'))
-    config = tmp_path / 'linear_eval_asar.yaml'
-    config.write_text(LINEAR_EVAL_YAML.format(work_dir=tmp_path / 'work'))
-    clips, out = str(tmp_path / 'input.npy'), str(tmp_path / 'feature.npy')
-    np.save(clips, arrays['input'])
-    weights = os.path.join(fixture_dir, 'epoch1_model.pt')
-    assert main.main(['extract_features', '--config', str(config), '--weights', weights,
-                      '--input', clips, '--output', out, '--use_gpu', 'false']) == 0
-    feature = np.load(out)
+def test_extract_features_reproduces_reference(asar_dir, tmp_path):
+    arrays = np.load(os.path.join(asar_dir, 'fixture.npz'))
+    weights = os.path.join(asar_dir, 'epoch1_model.pt')
+    config_text = LINEAR_EVAL_YAML.format(work_dir=tmp_path / 'work')
+    feature, _ = extract_features_cli(tmp_path, config_text, weights, arrays['input'])
     diff = float(np.abs(feature - arrays['feature']).max())
     print(f'asar_stgcn feature max abs diff {diff:.3g}')
     assert feature.shape == (4, 256) and diff <= 1e-4
 
     # logits of the linear-evaluation wrapper with the stored classifier, called as the
     # reference LE processor does: model(x, x, epoch)
-    cfg = build_config(TASKS.get('linear_evaluation').options, ['--config', str(config)])
+    cfg = build_config(TASKS.get('linear_evaluation').options, ['--config', str(tmp_path / 'config.yaml')])
     model = ASAR(**cfg['model_args'])
     missing = load_weights(model, weights, cfg['ignore_weights'], log=lambda *_: None)
     assert cfg['ignore_weights'] == IGNORE
@@ -113,9 +103,9 @@ def test_extract_features_reproduces_reference(fixture_dir, tmp_path):
     assert float((logits - torch.from_numpy(arrays['logits'])).abs().max()) <= 1e-4
 
 
-def test_pretraining_model_loads_checkpoint_strictly(fixture_dir):
+def test_pretraining_model_loads_checkpoint_strictly(asar_dir):
     # The full ASAR pretraining model has exactly the reference's 365 keys.
-    state = torch.load(os.path.join(fixture_dir, 'epoch1_model.pt'), weights_only=True)
+    state = torch.load(os.path.join(asar_dir, 'epoch1_model.pt'), weights_only=True)
     model = ASAR(base_encoder='net.st_gcn.Model', in_channels=3, hidden_channels=16, hidden_dim=256,
                  dropout=0.5, edge_importance_weighting=True, queue_size=256)
     assert len(state) == 365 and set(model.state_dict()) == set(state)

@@ -1,6 +1,5 @@
 """Parity with features computed by the reference AimCLR / ASAR code (shared fixtures 1, 2)."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +8,10 @@ import torch
 
 from net.init import weights_init
 from net.st_gcn import Model
+from tests.conftest import fixture_dir
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('SKELETON_SSL_SHARED', REPO.parent / 'shared'))
 FIXTURES = ['aimclr_stgcn_seed1', 'aimclr_stgcn_seed2', 'asar_stgcn']
 PREFIX = 'encoder_q.'
-
-
-def fixture_dir(name):
-    d = SHARED / 'fixtures' / name
-    if not (d / 'fixture.npz').is_file():
-        pytest.skip(f'shared fixture {name} not found under {SHARED}')
-    return d
 
 
 def build_encoder():
@@ -36,7 +27,7 @@ def encoder_state(d):
 
 @pytest.mark.parametrize('name', FIXTURES)
 def test_feature_and_logits_match_reference(name):
-    d = fixture_dir(name)
+    d = Path(fixture_dir(name))
     arrays = np.load(d / 'fixture.npz')
     model = build_encoder()
     result = model.load_state_dict(encoder_state(d), strict=False)
@@ -58,7 +49,7 @@ def test_feature_and_logits_match_reference(name):
 def test_weights_init_reproduces_reference_classifier(name):
     # The reference seeds 1000 + seed, builds the eval encoder and applies weights_init; the
     # same construction order and init must give the stored classifier bit for bit.
-    d = fixture_dir(name)
+    d = Path(fixture_dir(name))
     arrays = np.load(d / 'fixture.npz')
     seed = json.loads((d / 'fixture.json').read_text())['seed']
     torch.manual_seed(1000 + seed)
