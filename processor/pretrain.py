@@ -79,6 +79,9 @@ class PretrainProcessor(Processor):
         if self.world_size > 1:
             # Buffers (queue, BN statistics) are kept in step by the method itself.
             self.net = DistributedDataParallel(self.model, broadcast_buffers=False)
+        if cfg['amp'] == 'bf16' and self.device.type == 'cpu':
+            self.log('warning: amp: bf16 on the CPU is much slower than fp32 on CPUs without bf16 '
+                     'matrix units; it is meant for CUDA')
         self.log(f'[Network] Total number of parameters : {self.count_parameters(self.model) / 1e6:.3f} M')
         self.log(f'Training on {len(self.dataset)} clips {tuple(self.dataset.shape[1:])}, '
                  f'{len(self.loader)} iterations/epoch, views {self.view_kinds}, device {self.device}, '
