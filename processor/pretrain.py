@@ -39,17 +39,18 @@ PRETRAIN_OPTIONS = {
 class PretrainProcessor(Processor):
     options = PRETRAIN_OPTIONS
     description = 'self-supervised pretraining of a method on the training split'
-    # Top-level options passed to the method constructor when it names them (reference files
-    # keep e.g. AimCLR's mining_epoch/topk at the top level); model_args entries win.
-    method_options = ()
+    # {method constructor argument: top-level option} passed when the method names the
+    # argument (reference files keep e.g. AimCLR's mining_epoch/topk at the top level);
+    # model_args entries win.
+    method_options = {}
 
     def method_kwargs(self):
         if not self.method_options or self.cfg['model'] not in MODELS:
             return {}   # build_model reports a bad model name
         params = inspect.signature(MODELS.get(self.cfg['model'])).parameters
         named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        return {n: self.cfg[n] for n in self.method_options
-                if n in named and n not in self.cfg['model_args']}
+        return {arg: self.cfg[option] for arg, option in self.method_options.items()
+                if arg in named and arg not in self.cfg['model_args']}
 
     def validate(self):
         super().validate()

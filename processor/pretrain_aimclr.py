@@ -18,4 +18,4 @@ class AimCLRPretrain(PretrainProcessor):
         'mining_epoch': Opt(150, int, 'mine nearest neighbours for epochs > mining_epoch (1-based; 1e6: never)'),
         'topk': Opt(1, int, 'queue neighbours mined per view'),
     }
-    method_options = ('mining_epoch', 'topk')
+    method_options = {'mining_epoch': 'mining_epoch', 'topk': 'topk'}
