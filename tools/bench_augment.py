@@ -1,4 +1,5 @@
-"""Throughput of the AimCLR view pipeline: clips/s = N / time to make (extreme, normal, normal).
+"""Throughput of the AimCLR view pipeline: clips/s = N / time to make (extreme, normal, normal)
+for one batch.
 
     python tools/bench_augment.py [--batch 128] [--frames 50] [--iters 50] [--aug-method 12345]
                                   [--threads 2]
@@ -19,16 +20,20 @@ def make_views(x, gen, aug_method):
 
 
 def clips_per_second(x, aug_method, iters, warmup=5):
+    """(median, best) clips/s over `iters` timed batches; the median resists a busy machine."""
     gen = torch.Generator().manual_seed(0)
     synchronize = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for _ in range(warmup):
         make_views(x, gen, aug_method)
-    synchronize()
-    start = time.perf_counter()
+    seconds = []
     for _ in range(iters):
+        synchronize()
+        start = time.perf_counter()
         make_views(x, gen, aug_method)
-    synchronize()
-    return x.shape[0] * iters / (time.perf_counter() - start)
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    seconds.sort()
+    return x.shape[0] / seconds[len(seconds) // 2], x.shape[0] / seconds[0]
 
 
 def main():
@@ -47,9 +52,9 @@ def main():
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for device in devices:
         x = torch.randn(shape, device=device)
-        rate = clips_per_second(x, args.aug_method, args.iters)
+        median, best = clips_per_second(x, args.aug_method, args.iters)
         threads = f', {torch.get_num_threads()} threads' if device == 'cpu' else ''
-        print(f'{device}{threads}: {rate:,.0f} clips/s  (N={args.batch}, shape {shape}, '
+        print(f'{device}{threads}: {median:,.0f} clips/s median, {best:,.0f} best  (shape {shape}, '
               f'aug_method={args.aug_method!r}, views: extreme + 2 normal)')
 
 
