@@ -71,16 +71,10 @@ def preprocess_folder(data_path, out_folder, splits=('train', 'val'), frames=50,
     counts = {}
     with du.AtomicOutputs() as outputs:
         for split in splits:
-            label_path = os.path.join(data_path, f'{split}_label.pkl')
-            names, _ = du.load_labels(label_path)
-            source = os.path.join(data_path, f'{split}_data.npy')
-            shape = np.load(source, mmap_mode='r').shape
-            kept = du.transform_array_file(
-                outputs, source, os.path.join(out_folder, f'{split}_position.npy'),
-                lambda batch: preprocess_batch(batch, frames), (3, frames) + shape[3:], names,
+            kept, _ = du.transform_split(
+                outputs, data_path, out_folder, split, f'{split}_position.npy',
+                lambda batch: preprocess_batch(batch, frames), lambda shape: (3, frames) + shape[3:],
                 policy, empty_samples, batch_size, f'{split} -> {frames} frames', quiet)
-            du.write_label_subset(outputs, label_path,
-                                  os.path.join(out_folder, f'{split}_label.pkl'), kept, len(names))
             counts[split] = len(kept)
     du.summary('aimclr_preprocess', [' '.join(f'{k} {v}' for k, v in counts.items()),
                                      policy.summary_part()])

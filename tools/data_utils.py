@@ -332,6 +332,24 @@ def transform_array_file(outputs, source_path, target_path, transform, out_row_s
 # temporal length
 # --------------------------------------------------------------------------------------------
 
+
+def transform_split(outputs, data_path, out_folder, split, target_name, transform, out_row_shape,
+                    policy, find_invalid=None, batch_size=256, desc='', quiet=False):
+    """One split of a preprocessing step: `<data_path>/<split>_data.npy` through
+    `transform_array_file` into `<out_folder>/<target_name>`, and the label pickle of the kept
+    samples next to it. `out_row_shape(source_shape)` gives the output sample shape.
+    Returns (indices kept, source path)."""
+    label_path = os.path.join(data_path, f'{split}_label.pkl')
+    names, _ = load_labels(label_path)
+    source = os.path.join(data_path, f'{split}_data.npy')
+    shape = np.load(source, mmap_mode='r').shape
+    kept = transform_array_file(outputs, source, os.path.join(out_folder, target_name), transform,
+                                out_row_shape(shape), names, policy, find_invalid, batch_size,
+                                desc, quiet)
+    write_label_subset(outputs, label_path, os.path.join(out_folder, f'{split}_label.pkl'),
+                       kept, len(names))
+    return kept, source
+
 def linear_resize_taps(lengths, out_len):
     """Source rows and weights of OpenCV's INTER_LINEAR resize from L to `out_len` rows.
 

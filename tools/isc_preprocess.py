@@ -108,14 +108,9 @@ def normalize_folder(data_path, out_folder, splits=('train', 'val'), batch_size=
     counts = {}
     with du.AtomicOutputs() as outputs:
         for split in splits:
-            label_path = os.path.join(data_path, f'{split}_label.pkl')
-            names, _ = du.load_labels(label_path)
-            source = os.path.join(data_path, f'{split}_data.npy')
-            shape = np.load(source, mmap_mode='r').shape
-            kept = du.transform_array_file(
-                outputs, source, os.path.join(out_folder, f'{split}_data_joint.npy'),
-                normalize_batch, shape[1:], names, policy, None, batch_size,
-                f'{split} normalise', quiet)
+            kept, source = du.transform_split(
+                outputs, data_path, out_folder, split, f'{split}_data_joint.npy', normalize_batch,
+                lambda shape: shape[1:], policy, None, batch_size, f'{split} normalise', quiet)
             frame_count_path = os.path.join(data_path, f'{split}_num_frame.npy')
             if os.path.exists(frame_count_path):
                 frame_counts = np.load(frame_count_path)
@@ -123,8 +118,6 @@ def normalize_folder(data_path, out_folder, splits=('train', 'val'), batch_size=
                 frame_counts = frame_counts_from_data(np.load(source, mmap_mode='r'))
             outputs.save_npy(os.path.join(out_folder, f'{split}_num_frame.npy'),
                              frame_counts[kept].astype(np.int64))
-            du.write_label_subset(outputs, label_path,
-                                  os.path.join(out_folder, f'{split}_label.pkl'), kept, len(names))
             counts[split] = len(kept)
     du.summary('isc_preprocess', [' '.join(f'{k} {v}' for k, v in counts.items()),
                                   policy.summary_part()])
