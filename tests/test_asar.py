@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import main
 import net.asar as asar_module
 from net.asar import ASAR, candidate_gradients, kmeans, selection, soft_targets, tiers
-from tests.conftest import ROOT, TINY_ENCODER
+from tests.conftest import ROOT, TINY_ENCODER, pretrain_argv
 from torchlight.config import build_config, check_kwargs
 from torchlight.registry import ENCODERS, FEEDERS, MODELS, TASKS
 
@@ -279,19 +279,10 @@ def test_reference_task_alias():
 
 # ----------------------------------------------------------------------------- engine run
 def asar_argv(data, work_dir, epochs, extra=()):
-    model_args = {**TINY_ENCODER, 'feature_dim': 8, 'queue_size': 40, 'momentum': 0.9,
-                  'Temperature': 0.2, 'active_epoch': 1, 'kmeans_iters': 20}
-    return ['--work_dir', work_dir, '--model', 'net.asar.ASAR',
-            '--model_args', str(model_args).replace("'", '"'),
-            '--train_feeder', 'feeder.ntu_feeder.Feeder_triple',
-            '--train_feeder_args.data_path', data['train'][0],
-            '--train_feeder_args.label_path', data['train'][1],
-            '--train_feeder_args.shear_amplitude', '0.5',
-            '--train_feeder_args.temperal_padding_ratio', '6',
-            '--batch_size', '8', '--num_epoch', str(epochs), '--base_lr', '0.05',
-            '--num_worker', '0', '--use_gpu', 'false', '--print_log', 'false',
-            '--save_interval', '1', '--log_interval', '1', '--mining_epoch', '0', '--topk', '1',
-            *extra]
+    model_args = {'queue_size': 40, 'active_epoch': 1, 'kmeans_iters': 20}
+    return pretrain_argv(data, work_dir, epochs, model='net.asar.ASAR', model_args=model_args,
+                         extra=['--train_feeder', 'feeder.ntu_feeder.Feeder_triple',
+                                '--mining_epoch', '0', '--topk', '1', *extra])
 
 
 def test_tiny_run_crosses_active_sampling_epoch(tiny_data, tmp_path):
