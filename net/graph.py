@@ -104,3 +104,29 @@ class Graph:
                 parts.append(root + close)
                 parts.append(further)
         return np.stack(parts)
+
+
+AGCN_LABELINGS = ('spatial',)
+
+
+def edge_matrix(edges, num_node):
+    """A[j, i] = 1 for every edge (i, j): the message goes from joint i to joint j."""
+    adj = np.zeros((num_node, num_node))
+    for i, j in edges:
+        adj[j, i] = 1
+    return adj
+
+
+def agcn_adjacency(layout='ntu-rgb+d', labeling_mode='spatial'):
+    """The 2s-AGCN / ISC graph (reference doc ISC 3.1): float32 (3, V, V) stack of the self
+    links, the column-normalised inward edges (the layout's edge list) and the column-normalised
+    outward (reversed) edges. Unlike ST-GCN's ``A`` it is not stored in checkpoints."""
+    if layout not in LAYOUTS:
+        raise ValueError(f'unknown graph layout {layout!r}; valid: {sorted(LAYOUTS)}')
+    if labeling_mode not in AGCN_LABELINGS:
+        raise ValueError(f'unknown AGCN labeling_mode {labeling_mode!r}; valid: {list(AGCN_LABELINGS)}')
+    num_node, inward, _ = LAYOUTS[layout]
+    outward = [(j, i) for i, j in inward]
+    parts = (np.eye(num_node), normalize_digraph(edge_matrix(inward, num_node)),
+             normalize_digraph(edge_matrix(outward, num_node)))
+    return np.stack(parts).astype(np.float32)
