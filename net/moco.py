@@ -21,6 +21,30 @@ def encoder_kwargs(encoder_cls, kwargs):
     return {k: v for k, v in kwargs.items() if k in names}
 
 
+@torch.no_grad()
+def momentum_update_(key_encoder, query_encoder, m):
+    """In place, over parameters (not buffers): theta_k <- m theta_k + (1 - m) theta_q."""
+    q_params = [p.detach() for p in query_encoder.parameters()]
+    k_params = [p.data for p in key_encoder.parameters()]
+    torch._foreach_mul_(k_params, m)
+    torch._foreach_add_(k_params, q_params, alpha=1.0 - m)
+
+
+@torch.no_grad()
+def enqueue_(queue, queue_ptr, keys):
+    """Write the (N, D) keys of every rank into `queue` (D, K) from `queue_ptr` on, wrapping at
+    its end (at most the last K keys), and advance the pointer modulo K."""
+    keys = dist.all_gather_cat(keys.detach())
+    size = queue.shape[1]
+    n = keys.shape[0]
+    if n > size:
+        keys, n = keys[-size:], size
+    ptr = int(queue_ptr)
+    index = (ptr + torch.arange(n, device=keys.device)) % size
+    queue[:, index] = keys.T.to(queue.dtype)
+    queue_ptr[0] = (ptr + n) % size
+
+
 class MoCo(nn.Module):
     """Base for queue-based methods. Subclasses implement `contrast(views, epoch)`.
 
@@ -67,25 +91,13 @@ class MoCo(nn.Module):
         self.register_buffer('queue_ptr', torch.zeros(1, dtype=torch.long))
 
     # ------------------------------------------------------------------ pieces
-    @torch.no_grad()
     def momentum_update(self):
         """theta_k <- m theta_k + (1 - m) theta_q over parameters (not buffers)."""
-        q_params = [p.detach() for p in self.encoder_q.parameters()]
-        k_params = [p.data for p in self.encoder_k.parameters()]
-        torch._foreach_mul_(k_params, self.m)
-        torch._foreach_add_(k_params, q_params, alpha=1.0 - self.m)
+        momentum_update_(self.encoder_k, self.encoder_q, self.m)
 
-    @torch.no_grad()
     def enqueue(self, keys):
         """Write the (N, D) keys of every rank into the queue, wrapping at its end."""
-        keys = dist.all_gather_cat(keys.detach())
-        n = keys.shape[0]
-        if n > self.K:
-            keys, n = keys[-self.K:], self.K
-        ptr = int(self.queue_ptr)
-        index = (ptr + torch.arange(n, device=keys.device)) % self.K
-        self.queue[:, index] = keys.T.to(self.queue.dtype)
-        self.queue_ptr[0] = (ptr + n) % self.K
+        enqueue_(self.queue, self.queue_ptr, keys)
 
     def logits(self, q, k, queue):
         """[q.k, q.Queue] / T, shape (N, 1 + K); the positive is column 0."""
