@@ -119,7 +119,7 @@ class Model(nn.Module):
     def __init__(self, num_class=60, num_point=25, num_person=2, graph_args=None, in_channels=3):
         super().__init__()
         try:
-            A = torch.from_numpy(agcn_adjacency(**(graph_args or {})))
+            A = torch.tensor(agcn_adjacency(**(graph_args or {})))
         except TypeError as err:
             raise ValueError(f'AGCN graph_args accepts layout and labeling_mode; got {graph_args}: {err}') from None
         if A.shape[-1] != num_point:
