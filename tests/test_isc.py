@@ -83,7 +83,7 @@ def test_inter_loss_pairs_queues_and_ema():
     loss_2 = per_sample_infonce(r, k, queue_1, 0.2)
     assert float(out['loss_s1']) == pytest.approx(loss_1, rel=1e-5)
     assert float(out['loss_s2']) == pytest.approx(loss_2, rel=1e-5)
-    assert float(out['loss']) == pytest.approx(loss_1 + loss_2, rel=1e-5)
+    assert float(out['loss'].detach()) == pytest.approx(loss_1 + loss_2, rel=1e-5)
     assert torch.allclose(m.Queue_S1[:, :3], k.T, atol=1e-6) and torch.allclose(m.Queue_S2[:, :3], l.T, atol=1e-6)
     assert int(m.queue_ptr_S1) == int(m.queue_ptr_S2) == 3
     m.train()
