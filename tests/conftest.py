@@ -72,11 +72,11 @@ def tiny_data(tmp_path):
     return {'train': train, 'val': val, 'dir': str(tmp_path)}
 
 
-def pretrain_argv(data, work_dir, epochs=2, extra=(), model='skeletonclr', model_args=None):
+def pretrain_argv(data, work_dir, epochs=2, extra=(), model='skeletonclr', model_args=None, encoder=None):
     """Command-line words for a tiny pretraining run (SkeletonCLR unless `model` is given;
-    `model_args` are added to the tiny encoder and queue settings)."""
+    `model_args` are added to the tiny encoder (`encoder`, default TINY_ENCODER) and queue settings)."""
     args = ['--work_dir', work_dir, '--model', model,
-            '--model_args', str({**TINY_ENCODER, 'feature_dim': 8, 'queue_size': 20,
+            '--model_args', str({**(encoder or TINY_ENCODER), 'feature_dim': 8, 'queue_size': 20,
                                  'momentum': 0.9, 'Temperature': 0.2,
                                  **(model_args or {})}).replace("'", '"'),
             '--train_feeder_args.data_path', data['train'][0],
