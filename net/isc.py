@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from net.moco import MoCo, enqueue_, momentum_update_
 from net.skeletonclr import SkeletonCLR, top1_positive
-from torchlight.config import check_kwargs
+from torchlight.config import ConfigError, check_kwargs
 from torchlight.registry import ENCODERS, MODELS
 
 VIEWS = ('crop_pose', 'crop_pose')
@@ -90,7 +90,10 @@ class ISCInter(MoCo):
         self.register_buffer('queue_ptr_S1', self._buffers.pop('queue_ptr'))
         self.register_buffer('Queue_S2', F.normalize(torch.randn(feature_dim, self.K), dim=0))
         self.register_buffer('queue_ptr_S2', torch.zeros(1, dtype=torch.long))
-        second_cls = ENCODERS.get(second_encoder)
+        try:
+            second_cls = ENCODERS.get(second_encoder)
+        except KeyError as err:
+            raise ConfigError(f'model_args.second_encoder: {err.args[0]}') from None
         args = dict(second_encoder_args or {})
         check_kwargs(args, 'model_args.second_encoder_args', second_cls)
         self.encoder_r = second_cls(num_class=feature_dim, **args)

@@ -141,5 +141,5 @@ def test_evaluation_wrappers():
 def test_bad_second_encoder_arguments_are_named():
     with pytest.raises(ConfigError, match=r"unknown key 'hidden' in model_args.second_encoder_args"):
         ISCInter(**GRU, second_encoder='hcn', second_encoder_args={'hidden': 3}, queue_size=8)
-    with pytest.raises(KeyError, match="unknown encoder 'gcn'"):
+    with pytest.raises(ConfigError, match="model_args.second_encoder: unknown encoder 'gcn'"):
         ISCInter(**GRU, second_encoder='gcn', queue_size=8)

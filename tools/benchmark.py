@@ -17,8 +17,11 @@ measured at start) that the step achieves. On CUDA every row is also run with bf
 (`--amp auto`). Methods that are not registered yet are skipped with a note.
 
 Reference configuration (AimCLR / SkeletonCLR / ASAR): ST-GCN hidden 16, hidden_dim 256,
-feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. ISC, HiCo and AS-CAL are not
-implemented in this framework: they have no rows.
+feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. ISC rows (`isc_gru`, `isc_agcn`,
+`isc_hcn` intra-skeleton, `isc_inter` = BIGRU + AGCN) run at the reference sizes whatever
+--batch / --frames say: batch 64, raw clips of 300 frames turned into two `crop_pose` views of
+64 frames, BIGRU hidden 1024 x 3 layers, feature_dim 128, queue 16384, MLP heads. HiCo and
+AS-CAL are not implemented in this framework: they have no rows.
 
 `--linear-e2e` additionally times linear evaluation end to end (the `linear_evaluation` task on
 a synthetic set) with cached features against `cache_features: false`; the uncached run is
@@ -51,7 +54,16 @@ ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channel
 METHOD_ARGS = {'feature_dim': 128, 'queue_size': 32768, 'momentum': 0.999, 'Temperature': 0.07,
                'mlp': True}
 VIEW_ARGS = {'shear_amplitude': 0.5, 'temperal_padding_ratio': 6, 'aug_method': '12345'}
-SKIPPED = {'isc': 'not implemented in this framework', 'hico': 'not implemented in this framework',
+# ISC rows: (method, model_args) at the reference sizes (reference doc ISC 3.1, 3.4)
+ISC_GRU = {'base_encoder': 'isc_gru', 'en_input_size': 150, 'en_hidden_size': 1024, 'en_num_layers': 3}
+ISC_ROWS = {'isc_gru': ('isc', ISC_GRU), 'isc_agcn': ('isc', {'base_encoder': 'agcn'}),
+            'isc_hcn': ('isc', {'base_encoder': 'hcn'}),
+            'isc_inter': ('isc_inter', {**ISC_GRU, 'second_encoder': 'agcn'})}
+ISC_METHOD_ARGS = {'feature_dim': 128, 'queue_size': 16384, 'momentum': 0.999, 'Temperature': 0.07,
+                   'mlp': True}
+ISC_VIEW_ARGS = {'l_ratio': [0.1, 1.0], 'input_size': 64}
+ISC_BATCH, ISC_RAW_FRAMES = 64, 300
+SKIPPED = {'hico': 'not implemented in this framework',
            'ascal': 'not implemented in this framework'}
 
 
@@ -149,6 +161,9 @@ def count_flops(fn):
 
 # ----------------------------------------------------------------------------- rows
 def build(name, impl, pretrain=True, num_class=60):
+    if name in ISC_ROWS:   # ISC encoders have one implementation
+        model, args = ISC_ROWS[name]
+        return MODELS.get(model)(**args, **ISC_METHOD_ARGS)
     cls = MODELS.get(name)
     args = dict(ENCODER, impl=impl)
     if pretrain:
@@ -156,7 +171,7 @@ def build(name, impl, pretrain=True, num_class=60):
     return cls(**args, pretrain=False, num_class=num_class)
 
 
-def method_step(model, x, amp, device):
+def method_step(model, x, amp, device, view_args=VIEW_ARGS):
     """The engine's step (processor/pretrain.py): views -> method loss -> backward -> SGD."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
                                 momentum=0.9, weight_decay=1e-4)
@@ -164,7 +179,7 @@ def method_step(model, x, amp, device):
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        views = make_views(x, kinds, gen, VIEW_ARGS)
+        views = make_views(x, kinds, gen, view_args)
         with autocast(amp, device):
             out = model(*views, epoch=1)
         optimizer.zero_grad(set_to_none=True)
@@ -172,7 +187,7 @@ def method_step(model, x, amp, device):
         optimizer.step()
 
     def augment():
-        make_views(x, kinds, gen, VIEW_ARGS)
+        make_views(x, kinds, gen, view_args)
 
     return step, augment
 
@@ -217,8 +232,16 @@ def autocast(amp, device):
     return contextlib.nullcontext()
 
 
+def row_sizes(name, args):
+    """(batch, raw frames, view args) of a row: ISC rows run at their reference sizes."""
+    if name in ISC_ROWS:
+        return ISC_BATCH, ISC_RAW_FRAMES, ISC_VIEW_ARGS
+    return args.batch, args.frames, VIEW_ARGS
+
+
 def run_row(name, args, device, amp, peak_gflops):
-    shape = (args.batch, 3, args.frames, 25, 2)
+    batch, frames, view_args = row_sizes(name, args)
+    shape = (batch, 3, frames, 25, 2)
     torch.manual_seed(0)
     x = torch.randn(shape, device=device)
     is_method = name not in EVAL_ROWS
@@ -226,7 +249,7 @@ def run_row(name, args, device, amp, peak_gflops):
     def make(impl):
         if is_method:
             model = build(name, impl).to(device)
-            return model, method_step(model, x, amp, device)
+            return model, method_step(model, x, amp, device, view_args)
         model = build('skeletonclr', impl, pretrain=False).to(device)
         return model, eval_step(name, model, x, amp, device)
 
@@ -241,12 +264,12 @@ def run_row(name, args, device, amp, peak_gflops):
     aug = None
     if augment is not None:
         _, aug_seconds, _ = timed(augment, device, max(args.steps, 5))
-        aug = args.batch / aug_seconds
-    rate = args.batch / seconds
-    gflop = flops / args.batch / 1e9
+        aug = batch / aug_seconds
+    rate = batch / seconds
+    gflop = flops / batch / 1e9
     return {'method': name, 'device': device.type, 'dtype': 'bf16' if amp == 'bf16' else 'fp32',
             'impl': args.impl, 'compile': bool(args.compile), 'threads': torch.get_num_threads(),
-            'batch_size': args.batch, 'frames': args.frames,
+            'batch_size': batch, 'frames': frames,
             'train_samples_per_s': rate, 'step_s': seconds, 'warmup_s': warmup,
             'aug_clips_per_s': aug, 'peak_mem_mb': peak, 'gflop_per_sample': gflop,
             'achieved_gflops': gflop * rate, 'matmul_gflops': peak_gflops,
@@ -310,8 +333,8 @@ def print_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--methods', default=','.join(METHODS + EVAL_ROWS),
-                        help='comma-separated rows: ' + ', '.join(METHODS + EVAL_ROWS))
+    parser.add_argument('--methods', default=','.join(METHODS + tuple(ISC_ROWS) + EVAL_ROWS),
+                        help='comma-separated rows: ' + ', '.join(METHODS + tuple(ISC_ROWS) + EVAL_ROWS))
     parser.add_argument('--steps', type=int, default=3, help='timed steps per row (median reported)')
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--frames', type=int, default=50)
@@ -355,7 +378,7 @@ def main(argv=None):
         if name in SKIPPED:
             print(f'skip {name}: {SKIPPED[name]}')
             continue
-        if name not in EVAL_ROWS and name not in MODELS:
+        if name not in EVAL_ROWS and name not in ISC_ROWS and name not in MODELS:
             print(f'skip {name}: method not registered yet')
             continue
         for amp in amps:
