@@ -1,7 +1,7 @@
 """Turns a raw batch into the views a method asks for (`method.views`), batched on the device."""
-from feeder import augment
+from feeder import ascal_augment, augment
 
-VIEW_KINDS = ('raw', 'normal', 'extreme')
+VIEW_KINDS = ('raw', 'normal', 'extreme', 'ascal1', 'ascal2')
 
 
 def make_views(x, kinds, gen, view_args):
@@ -22,6 +22,11 @@ def make_views(x, kinds, gen, view_args):
                 temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6),
                 aug_method=view_args.get('aug_method') or '12345',
                 layout=view_args.get('layout'),
+                blur_normalized=view_args.get('blur_normalized', True)))
+        elif kind in ('ascal1', 'ascal2'):   # AS-CAL: transform strings aug1 / aug2
+            views.append(ascal_augment.ascal_view(
+                x, gen, transform=view_args.get('aug' + kind[-1], ascal_augment.DEFAULT_TRANSFORM),
+                list_args=view_args.get('list_args', ascal_augment.DEFAULT_LIST_ARGS),
                 blur_normalized=view_args.get('blur_normalized', True)))
         else:
             raise ValueError(f'unknown view kind {kind!r}; expected one of {VIEW_KINDS}')
