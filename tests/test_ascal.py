@@ -242,3 +242,26 @@ def test_released_checkpoint_layout_loads_through_weights_options(tmp_path):
         missing = load_weights(model, path, log=lambda s: None, prefix='', container=container)
         assert sorted(missing) == ['encoder_q.fc.bias', 'encoder_q.fc.weight']
         assert torch.equal(model.encoder_q.bi_lstm.weight_hh_l0, source.bi_lstm.weight_hh_l0)
+
+
+@pytest.mark.parametrize('split', ['xsub', 'xview'])
+def test_shipped_configs_hold_the_reference_protocols(split):
+    from tests.conftest import ROOT
+    from torchlight.config import build_config
+    folder = os.path.join(ROOT, 'config', 'ntu60', 'ascal', split)
+
+    def cfg(task, name):
+        return build_config(TASKS.get(task).options, ['--config', os.path.join(folder, name)])
+    pre = cfg('pretrain_ascal', f'pretext_ascal_{split}.yaml')
+    args = pre['model_args']
+    assert (args['queue_size'], args['Temperature'], args['momentum'], args['queue_warmup_epochs']) == (16384, 0.06, 0.999, 1)
+    assert (pre['base_lr'], pre['batch_size'], pre['num_epoch'], pre['step'], pre['nesterov']) == (0.01, 32, 61, [30, 70], False)
+    assert pre['train_feeder_args']['aug1'] == pre['train_feeder_args']['aug2'] == 'subtract_randomFlip_shear'
+    lin = cfg('linear_evaluation', f'linear_eval_ascal_{split}.yaml')
+    assert (lin['base_lr'], lin['nesterov'], lin['batch_size'], lin['num_epoch'], lin['weight_decay']) == (1.0, True, 32, 90, 0.0)
+    assert lin['step'] == [15, 35, 60, 75] and lin['lr_decay_rate'] == 0.5
+    assert lin['train_feeder_args']['subtract_joint'] == lin['test_feeder_args']['subtract_joint'] == 1
+    for tag, pct, epochs, step in (('1p', 0.01, 35, [15, 30]), ('10p', 0.1, 15, [8]), ('50p', 0.5, 10, [7])):
+        semi = cfg('finetune_evaluation', f'semi_ascal_{split}_{tag}.yaml')
+        assert semi['train_feeder_args']['label_percent'] == pct and 'label_percent' not in semi['test_feeder_args']
+        assert (semi['num_epoch'], semi['step'], semi['base_lr'], semi['lr_decay_rate']) == (epochs, step, 0.01, 0.5)
