@@ -265,3 +265,12 @@ def test_shipped_configs_hold_the_reference_protocols(split):
         semi = cfg('finetune_evaluation', f'semi_ascal_{split}_{tag}.yaml')
         assert semi['train_feeder_args']['label_percent'] == pct and 'label_percent' not in semi['test_feeder_args']
         assert (semi['num_epoch'], semi['step'], semi['base_lr'], semi['lr_decay_rate']) == (epochs, step, 0.01, 0.5)
+
+
+def test_benchmark_counts_the_fused_recurrent_flops():
+    from tools.benchmark import REFERENCE_ROWS, SKIPPED, recurrent_flops
+    m = ASCAL(hidden_units=8, queue_size=10)
+    # query encoder trained (x3), key encoder frozen (x1): 2*T*N*4H*(I+H) each
+    assert recurrent_flops(m, batch=2, frames=5) == 2 * 5 * 2 * 32 * (150 + 8) * (3 + 1)
+    assert 'ascal' not in SKIPPED and REFERENCE_ROWS['ascal']['batch'] == 32
+    assert REFERENCE_ROWS['ascal']['frames'] == 150 and REFERENCE_ROWS['ascal']['model_args']['queue_size'] == 16384

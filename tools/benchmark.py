@@ -17,8 +17,9 @@ measured at start) that the step achieves. On CUDA every row is also run with bf
 (`--amp auto`). Methods that are not registered yet are skipped with a note.
 
 Reference configuration (AimCLR / SkeletonCLR / ASAR): ST-GCN hidden 16, hidden_dim 256,
-feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. ISC, HiCo and AS-CAL are not
-implemented in this framework: they have no rows.
+feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. Methods with another reference
+configuration (REFERENCE_ROWS, e.g. AS-CAL: LSTM 256, queue 16384, batch 32, T 150) use their
+own model arguments, batch and frames (--batch / --frames do not apply to them).
 
 `--linear-e2e` additionally times linear evaluation end to end (the `linear_evaluation` task on
 a synthetic set) with cached features against `cache_features: false`; the uncached run is
@@ -42,7 +43,7 @@ sys.path.insert(0, ROOT)
 from feeder.views import make_views  # noqa: E402
 from torchlight.registry import MODELS  # noqa: E402
 
-METHODS = ('aimclr', 'skeletonclr', 'asar')
+METHODS = ('aimclr', 'skeletonclr', 'asar', 'ascal')
 EVAL_ROWS = ('linear_eval', 'finetune_eval', 'extract_features')
 ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channels': 16,
            'hidden_dim': 256, 'dropout': 0.5,
@@ -51,8 +52,14 @@ ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channel
 METHOD_ARGS = {'feature_dim': 128, 'queue_size': 32768, 'momentum': 0.999, 'Temperature': 0.07,
                'mlp': True}
 VIEW_ARGS = {'shear_amplitude': 0.5, 'temperal_padding_ratio': 6, 'aug_method': '12345'}
-SKIPPED = {'isc': 'not implemented in this framework', 'hico': 'not implemented in this framework',
-           'ascal': 'not implemented in this framework'}
+SKIPPED = {'isc': 'not implemented in this framework', 'hico': 'not implemented in this framework'}
+# rows whose reference configuration is not the ST-GCN one above: model arguments, batch,
+# frames and the epoch passed to the method (AS-CAL: epoch 1 is its gradient-free queue warm-up)
+REFERENCE_ROWS = {
+    'ascal': {'model_args': {'base_encoder': 'ascal_lstm', 'hidden_units': 256, 'lstm_layer': 1,
+                             'queue_size': 16384, 'Temperature': 0.06, 'momentum': 0.999},
+              'batch': 32, 'frames': 150, 'epoch': 2},
+}
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -147,16 +154,33 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
+def recurrent_flops(model, batch, frames):
+    """Matmul FLOPs of the model's RNN layers in one step, which FlopCounterMode does not see
+    (fused mkldnn / cuDNN RNN kernels): 2*T*N*rows(W_ih)*(I + H) per layer and direction, x3 for
+    trained layers (forward + backward, the usual convention), x1 for frozen ones (EMA key encoder)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            for name, w_ih in module.named_parameters():
+                if name.startswith('weight_ih'):
+                    w_hh = getattr(module, name.replace('_ih', '_hh'))
+                    passes = 3 if w_ih.requires_grad else 1
+                    total += 2 * frames * batch * w_ih.shape[0] * (w_ih.shape[1] + w_hh.shape[1]) * passes
+    return total
+
+
 # ----------------------------------------------------------------------------- rows
 def build(name, impl, pretrain=True, num_class=60):
     cls = MODELS.get(name)
+    if name in REFERENCE_ROWS:
+        return cls(**REFERENCE_ROWS[name]['model_args'])
     args = dict(ENCODER, impl=impl)
     if pretrain:
         return cls(**args, **METHOD_ARGS)
     return cls(**args, pretrain=False, num_class=num_class)
 
 
-def method_step(model, x, amp, device):
+def method_step(model, x, amp, device, epoch=1):
     """The engine's step (processor/pretrain.py): views -> method loss -> backward -> SGD."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
                                 momentum=0.9, weight_decay=1e-4)
@@ -166,10 +190,12 @@ def method_step(model, x, amp, device):
     def step():
         views = make_views(x, kinds, gen, VIEW_ARGS)
         with autocast(amp, device):
-            out = model(*views, epoch=1)
+            out = model(*views, epoch=epoch)
         optimizer.zero_grad(set_to_none=True)
         out['loss'].backward()
         optimizer.step()
+        if hasattr(model, 'after_step'):   # as the engine: e.g. AS-CAL's EMA after the step
+            model.after_step()
 
     def augment():
         make_views(x, kinds, gen, VIEW_ARGS)
@@ -218,7 +244,9 @@ def autocast(amp, device):
 
 
 def run_row(name, args, device, amp, peak_gflops):
-    shape = (args.batch, 3, args.frames, 25, 2)
+    row = REFERENCE_ROWS.get(name, {})
+    batch, frames = row.get('batch', args.batch), row.get('frames', args.frames)
+    shape = (batch, 3, frames, 25, 2)
     torch.manual_seed(0)
     x = torch.randn(shape, device=device)
     is_method = name not in EVAL_ROWS
@@ -226,13 +254,13 @@ def run_row(name, args, device, amp, peak_gflops):
     def make(impl):
         if is_method:
             model = build(name, impl).to(device)
-            return model, method_step(model, x, amp, device)
+            return model, method_step(model, x, amp, device, row.get('epoch', 1))
         model = build('skeletonclr', impl, pretrain=False).to(device)
         return model, eval_step(name, model, x, amp, device)
 
     # FLOPs of the plain formulation (one step, same batch), counted on the CPU formulation
     ref_model, (ref_step, _) = make('reference')
-    flops = count_flops(ref_step) if not args.no_flops else float('nan')
+    flops = count_flops(ref_step) + recurrent_flops(ref_model, batch, frames) if not args.no_flops else float('nan')
     del ref_model, ref_step
     model, (step, augment) = make(args.impl)
     if args.compile and hasattr(model, 'encoder_q'):
@@ -241,12 +269,12 @@ def run_row(name, args, device, amp, peak_gflops):
     aug = None
     if augment is not None:
         _, aug_seconds, _ = timed(augment, device, max(args.steps, 5))
-        aug = args.batch / aug_seconds
-    rate = args.batch / seconds
-    gflop = flops / args.batch / 1e9
+        aug = batch / aug_seconds
+    rate = batch / seconds
+    gflop = flops / batch / 1e9
     return {'method': name, 'device': device.type, 'dtype': 'bf16' if amp == 'bf16' else 'fp32',
             'impl': args.impl, 'compile': bool(args.compile), 'threads': torch.get_num_threads(),
-            'batch_size': args.batch, 'frames': args.frames,
+            'batch_size': batch, 'frames': frames,
             'train_samples_per_s': rate, 'step_s': seconds, 'warmup_s': warmup,
             'aug_clips_per_s': aug, 'peak_mem_mb': peak, 'gflop_per_sample': gflop,
             'achieved_gflops': gflop * rate, 'matmul_gflops': peak_gflops,
