@@ -274,3 +274,10 @@ def test_benchmark_counts_the_fused_recurrent_flops():
     assert recurrent_flops(m, batch=2, frames=5) == 2 * 5 * 2 * 32 * (150 + 8) * (3 + 1)
     assert 'ascal' not in SKIPPED and REFERENCE_ROWS['ascal']['batch'] == 32
     assert REFERENCE_ROWS['ascal']['frames'] == 150 and REFERENCE_ROWS['ascal']['model_args']['queue_size'] == 16384
+
+
+
+def test_lr_decay_rate_must_be_positive(tiny_data, tmp_path):
+    from torchlight.config import ConfigError
+    with pytest.raises(ConfigError, match="'lr_decay_rate' must be > 0"):
+        ASCALPretrain.from_argv(ascal_argv(tiny_data, str(tmp_path / 'w'), extra=['--lr_decay_rate', '0']))
