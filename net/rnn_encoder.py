@@ -10,7 +10,6 @@ Input (N, C, T, V, M) is flattened per frame with feature index f = c*V*M + v*M 
 The pooled feature ("CAE" for tap='mean') is the reduction over *all* T steps, zero-padded
 frames included.
 """
-import torch
 import torch.nn as nn
 
 from torchlight.registry import ENCODERS
