@@ -72,6 +72,8 @@ BASE_OPTIONS = {
     'model_args': Opt({}, dict, 'method and encoder constructor arguments'),
     'weights': Opt(None, str, 'checkpoint to initialise from (reference loading rules)'),
     'ignore_weights': Opt([], (list, str), 'key prefixes dropped from `weights` before loading'),
+    'weights_prefix': Opt(None, str, "load only the `weights` keys under this prefix, as the query encoder "
+                                     "(e.g. 'encoder_r.' for the second branch of an ISC inter-skeleton checkpoint)"),
     # -- optimisation
     'optimizer': Opt('SGD', str, 'SGD | Adam'),
     'base_lr': Opt(0.01, float, 'initial learning rate'),
@@ -150,7 +152,8 @@ class Processor:
 
     def load_weights(self, model):
         if self.cfg['weights']:
-            load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log)
+            load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log,
+                         prefix=self.cfg['weights_prefix'])
 
     def count_parameters(self, model):
         return sum(p.numel() for p in model.parameters())

@@ -80,3 +80,18 @@ def test_nested_state_dict_layouts(tmp_path):
     dst = Tiny()
     assert load_weights(dst, path, log=lambda s: None) == []
     assert torch.equal(dst.encoder_q.fc.bias, src.encoder_q.fc.bias)
+
+
+def test_weights_prefix_loads_another_branch_as_the_query_encoder(tmp_path):
+    # ISC inter-skeleton layout: the graph encoder of the second branch lives under encoder_r.
+    src_q, src_r = Tiny(), Tiny()
+    state = {'module.encoder_q.' + k[len('encoder_q.'):]: v for k, v in src_q.state_dict().items()}
+    state.update({'module.encoder_r.' + k[len('encoder_q.'):]: v for k, v in src_r.state_dict().items()})
+    state['module.queue'] = torch.zeros(3)
+    path = str(tmp_path / 'inter.pth.tar')
+    torch.save({'state_dict': state}, path)
+    dst = Tiny()
+    assert load_weights(dst, path, log=lambda s: None, prefix='encoder_r.') == []
+    assert torch.equal(dst.encoder_q.body.weight, src_r.encoder_q.body.weight)
+    with pytest.raises(WeightsError, match=r"no key starts with weights_prefix 'encoder_x.'.*encoder_q"):
+        load_weights(dst, path, log=lambda s: None, prefix='encoder_x.')

@@ -116,16 +116,30 @@ def strip_module(key):
     return key.rsplit('module.', 1)[-1]
 
 
-def load_weights(model, path, ignore_weights=(), log=print, rename=None):
+def select_prefix(weights, prefix, target='encoder_q.', path='<checkpoint>'):
+    """Keep only the keys under `prefix` and move them under `target`: a released checkpoint's
+    branch (ISC `encoder_r.`, a key encoder, ...) becomes the query encoder of our model."""
+    chosen = OrderedDict((target + k[len(prefix):], v) for k, v in weights.items() if k.startswith(prefix))
+    if not chosen:
+        heads = sorted({k.split('.', 1)[0] + '.' for k in weights})
+        raise WeightsError(f'{path}: no key starts with weights_prefix {prefix!r} '
+                           f'(the file has prefixes {heads[:10]})')
+    return chosen
+
+
+def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=None):
     """Load `path` into `model` with the reference rules (reference doc 1.6).
 
-    1. keys lose everything up to the last 'module.'; 2. every key starting with an
-    `ignore_weights` prefix is dropped; 3. keys the model has but the file lacks are listed
-    and keep their current values; 4. keys the file has but the model lacks, and shape
+    1. keys lose everything up to the last 'module.'; 2. with `prefix`, only the keys under it
+    are kept and become `encoder_q.*` (see select_prefix); 3. every key starting with an
+    `ignore_weights` prefix is dropped; 4. keys the model has but the file lacks are listed
+    and keep their current values; 5. keys the file has but the model lacks, and shape
     mismatches, are errors. `rename` optionally maps {old prefix: new prefix} first.
     Returns the list of missing keys.
     """
     weights = OrderedDict((strip_module(k), v) for k, v in state_dict_of(read_checkpoint(path), path).items())
+    if prefix:
+        weights = select_prefix(weights, prefix, path=path)
     for old, new in (rename or {}).items():
         weights = OrderedDict((new + k[len(old):] if k.startswith(old) else k, v) for k, v in weights.items())
     for prefix in ignore_weights:
