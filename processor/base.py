@@ -1,4 +1,5 @@
 """The engine shared by every task: options, work dir, device, model/weights, data, optimiser."""
+import inspect
 import os
 import sys
 import time
@@ -142,7 +143,10 @@ class Processor:
         except KeyError as err:
             raise ConfigError(f"option 'model': {err.args[0]}") from None
         args = dict(cfg['model_args'], **overrides)
-        encoder_name = args.get('base_encoder', 'net.st_gcn.Model')
+        # the method's own default encoder when model_args name none (HiCo: hico_encoder)
+        default = inspect.signature(model_cls).parameters.get('base_encoder')
+        encoder_name = args.get('base_encoder', 'net.st_gcn.Model' if default is None or default.default is default.empty
+                               else default.default)
         try:
             encoder_cls = ENCODERS.get(encoder_name)
         except KeyError as err:
