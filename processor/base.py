@@ -144,9 +144,9 @@ class Processor:
             raise ConfigError(f"option 'model': {err.args[0]}") from None
         args = dict(cfg['model_args'], **overrides)
         # the method's own default encoder when model_args name none (HiCo: hico_encoder)
-        default = inspect.signature(model_cls).parameters.get('base_encoder')
-        encoder_name = args.get('base_encoder', 'net.st_gcn.Model' if default is None or default.default is default.empty
-                               else default.default)
+        param = inspect.signature(model_cls).parameters.get('base_encoder')
+        default = param.default if param is not None and param.default is not param.empty else 'net.st_gcn.Model'
+        encoder_name = args.get('base_encoder', default)
         try:
             encoder_cls = ENCODERS.get(encoder_name)
         except KeyError as err:
