@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from feeder.views import check_view_args
 from torchlight.registry import FEEDERS
+
 
 class DataError(ValueError):
     """Bad dataset files: the message names the file and what is wrong."""
@@ -60,12 +62,14 @@ class SkeletonArrayDataset(Dataset):
 
     label_percent < 1 keeps a class-balanced subset (semi-supervised protocol), chosen from
     `subset_seed`. `check_finite` scans the array once (in chunks) for NaN/inf.
+    `num_frame_path`: an int .npy (N,) of true frame counts (ISC/HiCo data, padded cyclically);
+    the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys.
     """
 
     def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
                  check_finite=True, shear_amplitude=None, temperal_padding_ratio=None,
                  aug_method=None, blur_normalized=None, layout=None, num_frame_path=None,
-                 window_size=-1, debug=False):
+                 l_ratio=None, input_size=None, window_size=-1, debug=False):
         if not os.path.isfile(data_path):
             raise DataError(f'data file not found: {data_path}')
         try:
@@ -81,6 +85,7 @@ class SkeletonArrayDataset(Dataset):
             self.sample_name, self.label = read_labels(label_path, expected=n)
         else:   # unlabelled pretraining data
             self.sample_name, self.label = [f'{i:06d}' for i in range(n)], [-1] * n
+        self.num_frame = self._read_num_frame(num_frame_path, n) if num_frame_path else None
         self.index = np.arange(n)
         if label_percent < 1.0:
             if not label_path:
@@ -91,9 +96,34 @@ class SkeletonArrayDataset(Dataset):
         if aug_method is not None:   # unquoted YAML or a command-line 123456 arrives as a number
             aug_method = str(aug_method)
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
-                     aug_method=aug_method, blur_normalized=blur_normalized, layout=layout)
+                     aug_method=aug_method, blur_normalized=blur_normalized, layout=layout,
+                     l_ratio=l_ratio, input_size=input_size)
         self.view_args = {k: v for k, v in given.items() if v is not None}
+        try:
+            check_view_args(self.view_args, 'feeder_args')
+        except ValueError as err:
+            raise DataError(str(err)) from None
         self.data_path = data_path
+
+    def _read_num_frame(self, path, n):
+        try:
+            counts = np.load(path)
+        except FileNotFoundError:
+            raise DataError(f'num_frame file not found: {path}') from None
+        except Exception as err:
+            raise DataError(f'cannot read {path} as a .npy array: {err}') from None
+        if counts.shape != (n,) or not np.issubdtype(counts.dtype, np.integer):
+            raise DataError(f'{path}: expected ({n},) integer frame counts, got {counts.dtype} {counts.shape}')
+        if n and (counts.min() < 1 or counts.max() > self.data.shape[2]):
+            raise DataError(f'{path}: frame counts must lie in [1, T={self.data.shape[2]}], '
+                            f'got [{counts.min()}, {counts.max()}]')
+        return counts.astype(np.int64)
+
+    def frame_counts(self, items):
+        """True frame counts (LongTensor) of the items a loader returned, or None when unknown."""
+        if self.num_frame is None:
+            return None
+        return torch.from_numpy(self.num_frame[self.index[np.asarray(items)]])
 
     def _check_finite(self, path, chunk=1024):
         for start in range(0, self.data.shape[0], chunk):

@@ -1,17 +1,32 @@
 """Turns a raw batch into the views a method asks for (`method.views`), batched on the device."""
-from feeder import augment
+from feeder import augment, crop_resize
 
-VIEW_KINDS = ('raw', 'normal', 'extreme')
+VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop')
+CROP_KINDS = ('crop_pose', 'crop_resize', 'center_crop')
 
 
-def make_views(x, kinds, gen, view_args):
+def make_views(x, kinds, gen, view_args, lengths=None):
     """x: (N, C, T, V, M) raw clips on the device; kinds: e.g. ('extreme', 'normal', 'normal');
     gen: CPU torch.Generator for this (seed, epoch, step, rank); view_args: the feeder's
-    augmentation keys (shear_amplitude, temperal_padding_ratio, aug_method, ...)."""
+    augmentation keys (shear_amplitude, temperal_padding_ratio, aug_method, l_ratio,
+    input_size, ...); lengths: (N,) true frame counts for the crop kinds (default: up to the
+    last non-empty frame)."""
+    if any(kind in CROP_KINDS for kind in kinds):
+        lengths = crop_resize.valid_lengths(x) if lengths is None else lengths
+        crop_resize.check_lengths(x, lengths)
     views = []
     for kind in kinds:
         if kind == 'raw':
             views.append(x)
+        elif kind == 'crop_pose':
+            views.append(crop_resize.crop_pose_view(
+                x, lengths, gen, view_args.get('l_ratio', (0.1, 1.0)), view_args.get('input_size', 64)))
+        elif kind == 'crop_resize':
+            params = crop_resize.draw_random_crop(lengths, gen, view_args.get('l_ratio', (0.5, 1.0)))
+            views.append(crop_resize.apply_crop_resize(x, params, view_args.get('input_size', 64)))
+        elif kind == 'center_crop':
+            params = crop_resize.centre_crop(lengths, view_args.get('l_ratio', (0.95,))[0])
+            views.append(crop_resize.apply_crop_resize(x, params, view_args.get('input_size', 64)))
         elif kind == 'normal':
             views.append(augment.normal_view(
                 x, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
@@ -29,5 +44,37 @@ def make_views(x, kinds, gen, view_args):
 
 
 def has_augmentation(view_args):
-    """True when a 'normal' view would change the clip (reference: both keys <= 0 disable it)."""
-    return view_args.get('shear_amplitude', -1) > 0 or view_args.get('temperal_padding_ratio', -1) > 0
+    """True when the evaluation training view is random: a 'normal' view that changes the clip
+    (reference: both keys <= 0 disable it) or a random crop (`l_ratio` with two entries)."""
+    return (view_args.get('shear_amplitude', -1) > 0 or view_args.get('temperal_padding_ratio', -1) > 0
+            or len(view_args.get('l_ratio', ())) == 2)
+
+
+def eval_view(view_args, train):
+    """The view kind that evaluation applies to a split's clips: ISC/HiCo data (`l_ratio` set)
+    is cropped and resized, a random crop ([low, high]) only when training; otherwise the
+    AimCLR 'normal' augmentation when training with augmentation keys, else the raw clip."""
+    ratio = view_args.get('l_ratio')
+    if ratio is not None:
+        if len(ratio) == 2:
+            if not train:
+                raise ValueError(f'l_ratio {list(ratio)} is a random crop; evaluation features need '
+                                 'a deterministic centre crop (one entry, e.g. [0.95])')
+            return 'crop_resize'
+        return 'center_crop'
+    return 'normal' if train and has_augmentation(view_args) else 'raw'
+
+
+def check_view_args(view_args, where):
+    """Clear errors for the crop keys (`where` names the config block)."""
+    ratio = view_args.get('l_ratio')
+    if ratio is not None:
+        if not (isinstance(ratio, (list, tuple)) and len(ratio) in (1, 2)
+                and all(isinstance(r, (int, float)) and 0 < r <= 1 for r in ratio)):
+            raise ValueError(f'{where}.l_ratio must be [ratio] (centre crop) or [low, high] (random '
+                             f'crop) with values in (0, 1], got {ratio!r}')
+        if len(ratio) == 2 and ratio[0] > ratio[1]:
+            raise ValueError(f'{where}.l_ratio: low {ratio[0]} > high {ratio[1]}')
+    size = view_args.get('input_size')
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f'{where}.input_size must be a positive integer, got {size!r}')

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from feeder.views import has_augmentation, make_views
+from feeder.views import eval_view, has_augmentation, make_views
 from processor.base import BASE_OPTIONS, Processor
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, coerce
@@ -33,6 +33,26 @@ def tristate(value):
     return coerce(value, bool, 'cache_features')
 
 
+def view_kind(dataset, train):
+    """The view evaluation applies to `dataset` (feeder.views.eval_view), as a config error."""
+    try:
+        return eval_view(dataset.view_args, train)
+    except ValueError as err:
+        raise ConfigError(f"{'train' if train else 'test'}_feeder_args: {err}") from None
+
+
+def eval_inputs(proc, dataset, x, items, train=False, gen=None):
+    """Raw loader clips -> encoder input: the split's evaluation view (centre crop for ISC/HiCo
+    data, AimCLR 'normal' augmentation when training with it), then the stream."""
+    x = x.to(proc.device, non_blocking=True).float()
+    kind = view_kind(dataset, train)
+    if kind != 'raw':
+        lengths = dataset.frame_counts(items)
+        lengths = None if lengths is None else lengths.to(proc.device)
+        x = make_views(x, (kind,), gen, dataset.view_args, lengths)[0]
+    return proc.to_stream(x)
+
+
 @torch.no_grad()
 def extract_features(proc, model, dataset, batch_size=None):
     """Pooled query-encoder features of `dataset` in its order: (features (N, D) float32 CPU,
@@ -43,8 +63,7 @@ def extract_features(proc, model, dataset, batch_size=None):
     model.eval()
     feats, labels, index = [], [], []
     for x, y, i in proc.progress(loader, desc='features'):
-        x = proc.to_stream(x.to(proc.device, non_blocking=True).float())
-        feats.append(model.extract_feature(x).float())
+        feats.append(model.extract_feature(eval_inputs(proc, dataset, x, i)).float())
         labels.append(y.to(proc.device))
         index.append(i.to(proc.device))
     model.train(was_training)
@@ -96,6 +115,7 @@ class ClassifierProcessor(Processor):
         self.log(f'[Network] {self.count_parameters(self.model) / 1e6:.3f} M parameters, '
                  f'{len(trainable)} trainable tensors')
         self.view_args = self.train_set.view_args if self.train_set else {}
+        view_kind(self.test_set, train=False)   # a bad crop setting fails before any work
         cache = cfg['cache_features']
         self.cached = (not self.train_encoder) and (
             cache is True or (cache == 'auto' and not has_augmentation(self.view_args)))
@@ -125,12 +145,9 @@ class ClassifierProcessor(Processor):
                 yield self.train_feats[idx].to(self.device), self.train_labels[idx].to(self.device)
             return
         self.loader.sampler.set_epoch(epoch)
-        for step, (x, y, _) in enumerate(self.progress(self.loader, desc=f'epoch {epoch}')):
-            x = x.to(self.device, non_blocking=True).float()
-            if has_augmentation(self.view_args):
-                gen = dist.generator(self.cfg['seed'], 'views', epoch, step, self.rank)
-                x = make_views(x, ('normal',), gen, self.view_args)[0]
-            yield self.to_stream(x), y.to(self.device)
+        for step, (x, y, items) in enumerate(self.progress(self.loader, desc=f'epoch {epoch}')):
+            gen = dist.generator(self.cfg['seed'], 'views', epoch, step, self.rank)
+            yield eval_inputs(self, self.train_set, x, items, train=True, gen=gen), y.to(self.device)
 
     def scores(self, inputs):
         if self.cached:
@@ -148,7 +165,7 @@ class ClassifierProcessor(Processor):
             loader = self.build_loader(self.test_set, train=False)
             parts, ys, idx = [], [], []
             for x, y, i in self.progress(loader, desc='test'):
-                parts.append(self.model(self.to_stream(x.to(self.device).float())).float())
+                parts.append(self.model(eval_inputs(self, self.test_set, x, i)).float())
                 ys.append(y.to(self.device))
                 idx.append(i.to(self.device))
             logits, labels, index = (dist.all_gather_cat(torch.cat(t)) for t in (parts, ys, idx))

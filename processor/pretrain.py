@@ -133,11 +133,12 @@ class PretrainProcessor(Processor):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, x, epoch, step):
-        """One optimisation step on raw clips x; returns the method's output dict (detached)."""
+    def train_step(self, x, epoch, step, lengths=None):
+        """One optimisation step on raw clips x (true frame counts `lengths`, if known); returns
+        the method's output dict (detached)."""
         seed = self.cfg['seed']
         gen = dist.generator(seed, 'views', epoch, step, self.rank)
-        views = [self.to_stream(v) for v in make_views(x, self.view_kinds, gen, self.view_args)]
+        views = [self.to_stream(v) for v in make_views(x, self.view_kinds, gen, self.view_args, lengths)]
         torch.manual_seed(dist.stream_seed(seed, 'torch', epoch, step, self.rank))
         with self.autocast():
             out = self.net(*views, epoch=epoch)
@@ -156,9 +157,10 @@ class PretrainProcessor(Processor):
         totals, count = {}, 0
         started = time.perf_counter()
         bar = self.progress(self.loader, desc=f'epoch {epoch}/{self.cfg["num_epoch"]}')
-        for step, (x, _, _) in enumerate(bar):
+        for step, (x, _, items) in enumerate(bar):
             x = x.to(self.device, non_blocking=True).float()
-            out = self.train_step(x, epoch, step)
+            lengths = self.dataset.frame_counts(items)
+            out = self.train_step(x, epoch, step, None if lengths is None else lengths.to(self.device))
             count += 1
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + v

@@ -124,3 +124,66 @@ def test_test_phase_writes_scores(tiny_data, tmp_path, pretrained):
     for name in best:
         np.testing.assert_allclose(scores[name], best[name], atol=1e-5)
     assert 1 in out['test']
+
+
+def add_num_frames(data, seed=0):
+    """num_frame files for the tiny splits: true lengths 5..20 of the 20-frame arrays."""
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for split in ('train', 'val'):
+        n = len(np.load(data[split][0], mmap_mode='r'))
+        paths[split] = os.path.join(data['dir'], f'{split}_num_frame.npy')
+        np.save(paths[split], rng.integers(5, 21, n))
+    return paths
+
+
+def test_crop_keys_centre_crop_the_true_length_in_evaluation(tiny_data, tmp_path, pretrained):
+    from feeder import crop_resize as cr
+    from processor.evaluation import extract_features
+    frames = add_num_frames(tiny_data)
+    crop = ['--train_feeder_args.l_ratio', '[0.95]', '--test_feeder_args.l_ratio', '[0.95]',
+            '--train_feeder_args.input_size', '12', '--test_feeder_args.input_size', '12',
+            '--train_feeder_args.num_frame_path', frames['train'],
+            '--test_feeder_args.num_frame_path', frames['val']]
+    proc = LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'c'), pretrained, crop))
+    proc.setup()
+    assert proc.cached   # a centre crop is deterministic: features are cached
+    feats, _ = extract_features(proc, proc.model, proc.test_set)
+    x = torch.from_numpy(np.load(tiny_data['val'][0]))
+    lengths = torch.from_numpy(np.load(frames['val']))
+    proc.model.eval()
+    with torch.no_grad():
+        by_hand = proc.model.extract_feature(cr.apply_crop_resize(x, cr.centre_crop(lengths, 0.95), 12))
+    torch.testing.assert_close(feats, by_hand, atol=1e-5, rtol=1e-5)
+    cached = LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'd'), pretrained, crop)).start()
+    direct = LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'e'), pretrained,
+                                                  crop + ['--cache_features', 'false'])).start()
+    assert cached['final_epoch']['accuracy'] == pytest.approx(direct['final_epoch']['accuracy'])
+    # a random crop for training switches caching off; a random crop at test time is refused
+    random_train = crop + ['--train_feeder_args.l_ratio', '[0.5, 1.0]']
+    proc = LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'f'), pretrained, random_train))
+    assert 0 <= proc.start()['final_epoch']['accuracy'][1] <= 1 and not proc.cached
+    from torchlight.config import ConfigError
+    bad = crop + ['--test_feeder_args.l_ratio', '[0.5, 1.0]']
+    with pytest.raises(ConfigError, match='test_feeder_args: l_ratio'):
+        LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'g'), pretrained, bad)).setup()
+
+
+def test_num_frame_file_errors_and_subset_lookup(tiny_data):
+    frames = add_num_frames(tiny_data)
+    data, label = tiny_data['train']
+    ds = SkeletonArrayDataset(data, label, num_frame_path=frames['train'], label_percent=0.5)
+    counts = np.load(frames['train'])
+    assert ds.frame_counts(torch.tensor([0, 2])).tolist() == counts[ds.index[[0, 2]]].tolist()
+    assert SkeletonArrayDataset(data, label).frame_counts(torch.tensor([0])) is None
+    bad = os.path.join(tiny_data['dir'], 'bad.npy')
+    np.save(bad, np.full(24, 21))
+    with pytest.raises(DataError, match=r'bad.npy: frame counts must lie in \[1, T=20\]'):
+        SkeletonArrayDataset(data, label, num_frame_path=bad)
+    np.save(bad, np.ones(3, dtype=np.int64))
+    with pytest.raises(DataError, match=r'expected \(24,\) integer frame counts'):
+        SkeletonArrayDataset(data, label, num_frame_path=bad)
+    with pytest.raises(DataError, match='num_frame file not found'):
+        SkeletonArrayDataset(data, label, num_frame_path=bad + '.missing')
+    with pytest.raises(DataError, match=r'feeder_args.l_ratio must be'):
+        SkeletonArrayDataset(data, label, l_ratio=[0.5, 1.0, 2.0])
