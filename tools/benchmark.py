@@ -17,8 +17,10 @@ measured at start) that the step achieves. On CUDA every row is also run with bf
 (`--amp auto`). Methods that are not registered yet are skipped with a note.
 
 Reference configuration (AimCLR / SkeletonCLR / ASAR): ST-GCN hidden 16, hidden_dim 256,
-feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. ISC, HiCo and AS-CAL are not
+feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. ISC and AS-CAL are not
 implemented in this framework: they have no rows.
+HiCo rows `hico` (Transformer), `hico_gru`, `hico_lstm`: the reference sizes whatever --batch /
+--frames say: batch 64, 64-frame clips, two crop_pose views, hidden 512, K 2048.
 
 `--linear-e2e` additionally times linear evaluation end to end (the `linear_evaluation` task on
 a synthetic set) with cached features against `cache_features: false`; the uncached run is
@@ -43,6 +45,11 @@ from feeder.views import make_views  # noqa: E402
 from torchlight.registry import MODELS  # noqa: E402
 
 METHODS = ('aimclr', 'skeletonclr', 'asar')
+# HiCo rows (S2S encoder type) at the reference sizes (spec 4.4): batch 64, two 64-frame
+# crop_pose views, hidden 512, K 2048, T 0.2; `hico` is the reference default (Transformer).
+HICO_ROWS = {'hico': 'Transformer', 'hico_gru': 'GRU', 'hico_lstm': 'LSTM'}
+HICO_ARGS = {'feature_dim': 128, 'queue_size': 2048, 'momentum': 0.999, 'Temperature': 0.2}
+HICO_SIZES = {'batch': 64, 'frames': 64}
 EVAL_ROWS = ('linear_eval', 'finetune_eval', 'extract_features')
 ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channels': 16,
            'hidden_dim': 256, 'dropout': 0.5,
@@ -51,7 +58,7 @@ ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channel
 METHOD_ARGS = {'feature_dim': 128, 'queue_size': 32768, 'momentum': 0.999, 'Temperature': 0.07,
                'mlp': True}
 VIEW_ARGS = {'shear_amplitude': 0.5, 'temperal_padding_ratio': 6, 'aug_method': '12345'}
-SKIPPED = {'isc': 'not implemented in this framework', 'hico': 'not implemented in this framework',
+SKIPPED = {'isc': 'not implemented in this framework',
            'ascal': 'not implemented in this framework'}
 
 
@@ -149,6 +156,9 @@ def count_flops(fn):
 
 # ----------------------------------------------------------------------------- rows
 def build(name, impl, pretrain=True, num_class=60):
+    if name in HICO_ROWS:   # no ST-GCN: impl does not apply
+        extra = HICO_ARGS if pretrain else {'num_class': num_class}
+        return MODELS.get('hico')(encoder=HICO_ROWS[name], pretrain=pretrain, **extra)
     cls = MODELS.get(name)
     args = dict(ENCODER, impl=impl)
     if pretrain:
@@ -218,7 +228,8 @@ def autocast(amp, device):
 
 
 def run_row(name, args, device, amp, peak_gflops):
-    shape = (args.batch, 3, args.frames, 25, 2)
+    batch, frames = (HICO_SIZES['batch'], HICO_SIZES['frames']) if name in HICO_ROWS else (args.batch, args.frames)
+    shape = (batch, 3, frames, 25, 2)
     torch.manual_seed(0)
     x = torch.randn(shape, device=device)
     is_method = name not in EVAL_ROWS
@@ -241,12 +252,12 @@ def run_row(name, args, device, amp, peak_gflops):
     aug = None
     if augment is not None:
         _, aug_seconds, _ = timed(augment, device, max(args.steps, 5))
-        aug = args.batch / aug_seconds
-    rate = args.batch / seconds
-    gflop = flops / args.batch / 1e9
+        aug = batch / aug_seconds
+    rate = batch / seconds
+    gflop = flops / batch / 1e9
     return {'method': name, 'device': device.type, 'dtype': 'bf16' if amp == 'bf16' else 'fp32',
             'impl': args.impl, 'compile': bool(args.compile), 'threads': torch.get_num_threads(),
-            'batch_size': args.batch, 'frames': args.frames,
+            'batch_size': batch, 'frames': frames,
             'train_samples_per_s': rate, 'step_s': seconds, 'warmup_s': warmup,
             'aug_clips_per_s': aug, 'peak_mem_mb': peak, 'gflop_per_sample': gflop,
             'achieved_gflops': gflop * rate, 'matmul_gflops': peak_gflops,
@@ -310,8 +321,8 @@ def print_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--methods', default=','.join(METHODS + EVAL_ROWS),
-                        help='comma-separated rows: ' + ', '.join(METHODS + EVAL_ROWS))
+    parser.add_argument('--methods', default=','.join(METHODS + tuple(HICO_ROWS) + EVAL_ROWS),
+                        help='comma-separated rows: ' + ', '.join(METHODS + tuple(HICO_ROWS) + EVAL_ROWS))
     parser.add_argument('--steps', type=int, default=3, help='timed steps per row (median reported)')
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--frames', type=int, default=50)
@@ -355,7 +366,7 @@ def main(argv=None):
         if name in SKIPPED:
             print(f'skip {name}: {SKIPPED[name]}')
             continue
-        if name not in EVAL_ROWS and name not in MODELS:
+        if name not in EVAL_ROWS and name not in HICO_ROWS and name not in MODELS:
             print(f'skip {name}: method not registered yet')
             continue
         for amp in amps:
