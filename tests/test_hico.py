@@ -135,6 +135,19 @@ def test_reference_pointer_mode_only_ever_writes_the_first_k_columns():
     assert torch.equal(m.c_queue[:, 4:], initial[:, 4:])             # never written (the bug)
 
 
+def test_keys_of_all_ranks_are_gathered_before_the_levels_are_flattened(monkeypatch):
+    """Under DDP the clip queue must hold, rank after rank, every sample's G levels: the order
+    one process with the global batch writes."""
+    import net.hico as hico_module
+    other_rank = 100.0
+    monkeypatch.setattr(hico_module.dist, 'all_gather_cat', lambda t: torch.cat([t, t + other_rank]))
+    m = tiny_hico(queue_size=8, granularity=2)
+    kc = torch.tensor([[[0.0] * 4, [1.0] * 4], [[2.0] * 4, [3.0] * 4]])   # 2 samples x 2 levels
+    m.enqueue_keys(kc, kc, kc[:, 0], kc[:, 0], kc[:, 0])
+    assert m.c_queue[0, :8].tolist() == [0, 1, 2, 3, 100, 101, 102, 103] and int(m.c_queue_ptr) == 8
+    assert m.i_queue[0, :4].tolist() == [0, 2, 100, 102] and int(m.i_queue_ptr) == 4
+
+
 def test_enqueue_wraps_any_batch_and_keeps_the_newest_when_larger_than_the_queue():
     queue, ptr = torch.zeros(2, 5), torch.tensor([3])
     enqueue(queue, ptr, torch.arange(6, dtype=torch.float32).view(3, 2), 5)
