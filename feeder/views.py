@@ -1,19 +1,63 @@
 """Turns a raw batch into the views a method asks for (`method.views`), batched on the device."""
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
 from feeder import augment, crop_resize
 
+CHUNK = 64      # samples per independently drawn piece of a batch
+_POOL = None    # threads for the pieces on the CPU, created on first use
 VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop')
 CROP_KINDS = ('crop_pose', 'crop_resize', 'center_crop')
 
 
 def make_views(x, kinds, gen, view_args, lengths=None):
     """x: (N, C, T, V, M) raw clips on the device; kinds: e.g. ('extreme', 'normal', 'normal');
-    gen: CPU torch.Generator for this (seed, epoch, step, rank); view_args: the feeder's
-    augmentation keys (shear_amplitude, temperal_padding_ratio, aug_method, l_ratio,
-    input_size, ...); lengths: (N,) true frame counts for the crop kinds (default: up to the
-    last non-empty frame)."""
+    gen: CPU torch.Generator for this (seed, epoch, step, rank), or None when every kind is
+    deterministic; view_args: the feeder's augmentation keys (shear_amplitude,
+    temperal_padding_ratio, aug_method, l_ratio, input_size, ...); lengths: (N,) true frame
+    counts for the crop kinds (default: up to the last non-empty frame).
+
+    The batch is cut into pieces of CHUNK samples, each drawing from its own generator seeded
+    from `gen`; on the CPU the pieces run in parallel threads (torch ops release the GIL). The
+    views depend only on `gen`, not on the device or the number of threads."""
+    unknown = [kind for kind in kinds if kind not in VIEW_KINDS]
+    if unknown:
+        raise ValueError(f'unknown view kind {unknown[0]!r}; expected one of {VIEW_KINDS}')
     if any(kind in CROP_KINDS for kind in kinds):
         lengths = crop_resize.valid_lengths(x) if lengths is None else lengths
         crop_resize.check_lengths(x, lengths)
+    starts = range(0, x.shape[0], CHUNK)
+    gens = chunk_generators(gen, len(starts))
+    jobs = [functools.partial(_views_of, x[s:s + CHUNK], kinds, g, view_args,
+                              None if lengths is None else lengths[s:s + CHUNK])
+            for s, g in zip(starts, gens)]
+    pieces = _run(jobs, x.device)
+    if len(pieces) == 1:
+        return pieces[0]
+    return [x if kind == 'raw' else torch.cat([p[i] for p in pieces]) for i, kind in enumerate(kinds)]
+
+
+def chunk_generators(gen, count):
+    """One generator per batch piece, seeded in order from `gen` (None stays None)."""
+    if gen is None:
+        return [None] * count
+    seeds = torch.randint(0, 2 ** 62, (count,), generator=gen).tolist()
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def _run(jobs, device):
+    threads = min(len(jobs), torch.get_num_threads())
+    if device.type != 'cpu' or threads < 2:
+        return [job() for job in jobs]
+    global _POOL
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='views')
+    return list(_POOL.map(lambda job: job(), jobs))
+
+
+def _views_of(x, kinds, gen, view_args, lengths):
     views = []
     for kind in kinds:
         if kind == 'raw':
@@ -31,15 +75,13 @@ def make_views(x, kinds, gen, view_args, lengths=None):
             views.append(augment.normal_view(
                 x, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
                 temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6)))
-        elif kind == 'extreme':
+        else:   # extreme
             views.append(augment.extreme_view(
                 x, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
                 temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6),
                 aug_method=view_args.get('aug_method') or '12345',
                 layout=view_args.get('layout'),
                 blur_normalized=view_args.get('blur_normalized', True)))
-        else:
-            raise ValueError(f'unknown view kind {kind!r}; expected one of {VIEW_KINDS}')
     return views
 
 
