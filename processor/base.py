@@ -149,8 +149,10 @@ class Processor:
         except KeyError as err:
             raise ConfigError(f"option 'model': {err.args[0]}") from None
         args = dict(cfg['model_args'], **overrides)
-        default = inspect.signature(model_cls).parameters.get('base_encoder')   # the method's own default
-        encoder_name = args.get('base_encoder', default.default if default else 'net.st_gcn.Model')
+        # the method's own default encoder when model_args name none (HiCo: hico_encoder)
+        param = inspect.signature(model_cls).parameters.get('base_encoder')
+        default = param.default if param is not None and param.default is not param.empty else 'net.st_gcn.Model'
+        encoder_name = args.get('base_encoder', default)
         try:
             encoder_cls = ENCODERS.get(encoder_name)
         except KeyError as err:

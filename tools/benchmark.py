@@ -43,7 +43,7 @@ sys.path.insert(0, ROOT)
 from feeder.views import make_views  # noqa: E402
 from torchlight.registry import MODELS  # noqa: E402
 
-METHODS = ('aimclr', 'skeletonclr', 'asar', 'ascal')
+METHODS = ('aimclr', 'skeletonclr', 'asar', 'ascal', 'hico', 'hico_gru', 'hico_lstm')
 EVAL_ROWS = ('linear_eval', 'finetune_eval', 'extract_features')
 ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channels': 16,
            'hidden_dim': 256, 'dropout': 0.5,
@@ -52,13 +52,19 @@ ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channel
 METHOD_ARGS = {'feature_dim': 128, 'queue_size': 32768, 'momentum': 0.999, 'Temperature': 0.07,
                'mlp': True}
 VIEW_ARGS = {'shear_amplitude': 0.5, 'temperal_padding_ratio': 6, 'aug_method': '12345'}
-SKIPPED = {'isc': 'not implemented in this framework', 'hico': 'not implemented in this framework'}
+SKIPPED = {'isc': 'not implemented in this framework'}
 # rows whose reference configuration is not the ST-GCN one above: model arguments, batch,
 # frames and the epoch passed to the method (AS-CAL: epoch 1 is its gradient-free queue warm-up)
 REFERENCE_ROWS = {
     'ascal': {'model_args': {'base_encoder': 'ascal_lstm', 'hidden_units': 256, 'lstm_layer': 1,
                              'queue_size': 16384, 'Temperature': 0.06, 'momentum': 0.999},
               'batch': 32, 'frames': 150, 'epoch': 2},
+    # HiCo (spec 4.4): two 64-frame crop_pose views, hidden 512, K 2048, T 0.2; `hico` is the
+    # reference default S2S encoder (Transformer)
+    **{row: {'model': 'hico', 'model_args': {'encoder': encoder, 'feature_dim': 128, 'queue_size': 2048,
+                                             'momentum': 0.999, 'Temperature': 0.2},
+             'batch': 64, 'frames': 64}
+       for row, encoder in (('hico', 'Transformer'), ('hico_gru', 'GRU'), ('hico_lstm', 'LSTM'))},
 }
 
 
@@ -171,9 +177,10 @@ def recurrent_flops(model, batch, frames):
 
 # ----------------------------------------------------------------------------- rows
 def build(name, impl, pretrain=True, num_class=60):
+    if name in REFERENCE_ROWS:   # not ST-GCN: impl does not apply
+        row = REFERENCE_ROWS[name]
+        return MODELS.get(row.get('model', name))(**row['model_args'])
     cls = MODELS.get(name)
-    if name in REFERENCE_ROWS:
-        return cls(**REFERENCE_ROWS[name]['model_args'])
     args = dict(ENCODER, impl=impl)
     if pretrain:
         return cls(**args, **METHOD_ARGS)
@@ -383,7 +390,7 @@ def main(argv=None):
         if name in SKIPPED:
             print(f'skip {name}: {SKIPPED[name]}')
             continue
-        if name not in EVAL_ROWS and name not in MODELS:
+        if name not in EVAL_ROWS and name not in REFERENCE_ROWS and name not in MODELS:
             print(f'skip {name}: method not registered yet')
             continue
         for amp in amps:

@@ -159,6 +159,9 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
         for key in [k for k in weights if k.startswith(prefix)]:
             log(f'Filter [{prefix}] remove weights [{key}].')
             del weights[key]
+    for name, module in model.named_modules():   # encoders that recognise a mismatched checkpoint
+        if hasattr(module, 'check_weights'):
+            module.check_weights(weights, prefix=f'{name}.' if name else '', path=path)
     own = model.state_dict()
     unexpected = [k for k in weights if k not in own]
     mismatched = [f'{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
