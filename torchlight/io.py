@@ -155,9 +155,9 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
         weights = select_prefix(weights, prefix, path=path)
     for old, new in (rename or {}).items():
         weights = OrderedDict((new + k[len(old):] if k.startswith(old) else k, v) for k, v in weights.items())
-    for prefix in ignore_weights:
-        for key in [k for k in weights if k.startswith(prefix)]:
-            log(f'Filter [{prefix}] remove weights [{key}].')
+    for dropped in ignore_weights:
+        for key in [k for k in weights if k.startswith(dropped)]:
+            log(f'Filter [{dropped}] remove weights [{key}].')
             del weights[key]
     for name, module in model.named_modules():   # encoders that recognise a mismatched checkpoint
         if hasattr(module, 'check_weights'):
