@@ -36,7 +36,15 @@ def make_views(x, kinds, gen, view_args, lengths=None):
     pieces = _run(jobs, x.device)
     if len(pieces) == 1:
         return pieces[0]
-    return [x if kind == 'raw' else torch.cat([p[i] for p in pieces]) for i, kind in enumerate(kinds)]
+    views = [x if kind == 'raw' else pieces[0][i].new_empty((x.shape[0],) + pieces[0][i].shape[1:])
+             for i, kind in enumerate(kinds)]
+
+    def gather(s, piece):   # each piece copies itself into the batch views (in parallel)
+        for view, part, kind in zip(views, piece, kinds):
+            if kind != 'raw':
+                view[s:s + CHUNK].copy_(part)
+    _run([functools.partial(gather, s, piece) for s, piece in zip(starts, pieces)], x.device)
+    return views
 
 
 def chunk_generators(gen, count):
