@@ -233,10 +233,14 @@ def apply_gaussian_noise(x, params):
     return _add_noise_(x.clone(), params)
 
 
-def _add_noise_(x, params):
+def _add_noise_(x, params, matrix=None):
+    """In place: x[applied] += noise, first mapped by the per-sample `matrix` when given."""
     if params.noise.numel():
         index = _applied_index(params.applied, x.device)
-        x.index_add_(0, index, params.noise.to(device=x.device, dtype=x.dtype))
+        noise = params.noise.to(device=x.device, dtype=x.dtype)
+        if matrix is not None:
+            noise = apply_channel_matrix(noise, matrix[params.applied])
+        x.index_add_(0, index, noise)
     return x
 
 
@@ -337,34 +341,45 @@ def extreme_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_meth
                  layout=NTU, blur_normalized=True):
     """Crop, shear, then the extreme ops of `aug_method` in the written order.
 
-    Equals applying the op-level functions in sequence with the same draws. The coordinate maps
-    (shear, rotate, axis mask) are accumulated into one per-sample 3x3 matrix: they commute with
-    the frame/joint ops (flips, blur) and only noise forces the pending matrix to be applied.
+    Equals applying the op-level functions in sequence with the same draws (drawn in that
+    order first). The coordinate maps (shear, rotate, axis mask) commute with the frame and
+    joint ops (flips, blur), so their product is applied once; noise added before a map is
+    passed through the maps that follow it instead (M (y + n) = M y + M n).
     """
     _check_xyz(x)
     n, _, t, v = x.shape[:4]
     layout = infer_layout(v, layout)
     ops = parse_aug_method(aug_method)
-    if temperal_padding_ratio > 0:
-        x = apply_temporal_crop(x, draw_temporal_crop(n, gen, t, temperal_padding_ratio))
-    else:
-        x = x.clone()  # the ops below update x in place
-    pending = draw_shear(n, gen, shear_amplitude) if shear_amplitude > 0 else None
+    crop = draw_temporal_crop(n, gen, t, temperal_padding_ratio) if temperal_padding_ratio > 0 else None
+    steps = [('map', draw_shear(n, gen, shear_amplitude))] if shear_amplitude > 0 else []
     for op in ops:
         if op == 'rotate':
-            pending = _then(pending, draw_rotate(n, gen).matrix)
+            steps.append(('map', draw_rotate(n, gen).matrix))
         elif op == 'axis_mask':
-            pending = _then(pending, axis_mask_matrices(draw_axis_mask(n, gen)))
+            steps.append(('map', axis_mask_matrices(draw_axis_mask(n, gen))))
         elif op == 'spatial_flip':
             params = draw_spatial_flip(n, gen, layout)
-            _update_applied_(x, params.applied, lambda xs: permute_joints(xs, params.joint_map))
+            steps.append(('in_place', params.applied, lambda xs, p=params: permute_joints(xs, p.joint_map)))
         elif op == 'temporal_flip':
-            _update_applied_(x, draw_temporal_flip(n, gen).applied, lambda xs: xs.flip(2))
+            steps.append(('in_place', draw_temporal_flip(n, gen).applied, lambda xs: xs.flip(2)))
         elif op == 'gaussian_blur':
             params = draw_gaussian_blur(n, gen, normalized=blur_normalized)
-            _update_applied_(x, params.applied, _blur_fn(params))
+            steps.append(('in_place', params.applied, _blur_fn(params)))
         elif op == 'gaussian_noise':
-            if pending is not None:  # noise is added after the coordinate maps drawn so far
-                x, pending = apply_channel_matrix(x, pending), None
-            _add_noise_(x, draw_gaussian_noise(n, gen, x.shape[1:]))
-    return x if pending is None else apply_channel_matrix(x, pending)
+            steps.append(('noise', draw_gaussian_noise(n, gen, x.shape[1:])))
+    # the product of all maps, and for every noise the product of the maps after it
+    total, later = None, {}
+    for i in range(len(steps) - 1, -1, -1):
+        if steps[i][0] == 'noise':
+            later[i] = total
+        elif steps[i][0] == 'map':
+            total = steps[i][1] if total is None else total @ steps[i][1]
+    y = apply_temporal_crop(x, crop) if crop is not None else x.clone()   # updated in place below
+    for i, (kind, *item) in enumerate(steps):
+        if kind == 'in_place':
+            _update_applied_(y, *item)
+        elif kind == 'noise':
+            if total is not None:   # the first noise: all maps go on the clip now
+                y, total = apply_channel_matrix(y, total), None
+            _add_noise_(y, item[0], later[i])
+    return y if total is None else apply_channel_matrix(y, total)

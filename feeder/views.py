@@ -4,11 +4,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from feeder import augment, crop_resize
+from feeder import ascal_augment, augment, crop_resize
 
 CHUNK = 64      # samples per independently drawn piece of a batch
 _POOL = None    # threads for the pieces on the CPU, created on first use
-VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop')
+VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop', 'ascal1', 'ascal2')
 CROP_KINDS = ('crop_pose', 'crop_resize', 'center_crop')
 
 
@@ -36,7 +36,15 @@ def make_views(x, kinds, gen, view_args, lengths=None):
     pieces = _run(jobs, x.device)
     if len(pieces) == 1:
         return pieces[0]
-    return [x if kind == 'raw' else torch.cat([p[i] for p in pieces]) for i, kind in enumerate(kinds)]
+    views = [x if kind == 'raw' else pieces[0][i].new_empty((x.shape[0],) + pieces[0][i].shape[1:])
+             for i, kind in enumerate(kinds)]
+
+    def gather(s, piece):   # each piece copies itself into the batch views (in parallel)
+        for view, part, kind in zip(views, piece, kinds):
+            if kind != 'raw':
+                view[s:s + CHUNK].copy_(part)
+    _run([functools.partial(gather, s, piece) for s, piece in zip(starts, pieces)], x.device)
+    return views
 
 
 def chunk_generators(gen, count):
@@ -75,6 +83,11 @@ def _views_of(x, kinds, gen, view_args, lengths):
             views.append(augment.normal_view(
                 x, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
                 temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6)))
+        elif kind in ('ascal1', 'ascal2'):   # AS-CAL: transform strings aug1 / aug2
+            views.append(ascal_augment.ascal_view(
+                x, gen, transform=view_args.get('aug' + kind[-1], ascal_augment.DEFAULT_TRANSFORM),
+                list_args=view_args.get('list_args', ascal_augment.DEFAULT_LIST_ARGS),
+                blur_normalized=view_args.get('blur_normalized', True)))
         else:   # extreme
             views.append(augment.extreme_view(
                 x, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),

@@ -1,4 +1,5 @@
 """The engine shared by every task: options, work dir, device, model/weights, data, optimiser."""
+import inspect
 import os
 import sys
 import time
@@ -73,11 +74,15 @@ BASE_OPTIONS = {
     'weights': Opt(None, str, 'checkpoint to initialise from (reference loading rules)'),
     'ignore_weights': Opt([], (list, str), 'key prefixes dropped from `weights` before loading'),
     'weights_prefix': Opt(None, str, "load only the `weights` keys under this prefix, as the query encoder "
-                                     "(e.g. 'encoder_r.' for the second branch of an ISC inter-skeleton checkpoint)"),
+                                     "(e.g. 'encoder_r.' for the second branch of an ISC inter-skeleton checkpoint; "
+                                     "'' = the whole file is the encoder, as AS-CAL's)"),
+    'weights_container': Opt(None, str, "entry of the `weights` file that holds the state dict (default: "
+                                        "'state_dict' or 'model'; AS-CAL momentum encoder: 'model_ema')"),
     # -- optimisation
     'optimizer': Opt('SGD', str, 'SGD | Adam'),
     'base_lr': Opt(0.01, float, 'initial learning rate'),
-    'step': Opt([], (list, int), 'epochs after which lr is multiplied by 0.1'),
+    'step': Opt([], (list, int), 'epochs after which lr is multiplied by lr_decay_rate'),
+    'lr_decay_rate': Opt(0.1, float, 'factor applied to lr at every epoch in step (AS-CAL linear evaluation: 0.5)'),
     'nesterov': Opt(True, bool, 'Nesterov momentum for SGD'),
     'weight_decay': Opt(1e-4, float, 'weight decay'),
     # -- accepted for compatibility with reference files of other tasks
@@ -121,6 +126,8 @@ class Processor:
             raise ConfigError(f"option 'stream' must be joint, motion or bone, got {cfg['stream']!r}")
         if cfg['optimizer'] not in ('SGD', 'Adam'):
             raise ConfigError(f"option 'optimizer' must be SGD or Adam, got {cfg['optimizer']!r}")
+        if cfg['lr_decay_rate'] <= 0:
+            raise ConfigError(f"option 'lr_decay_rate' must be > 0, got {cfg['lr_decay_rate']}")
         for key in ('batch_size', 'test_batch_size'):
             if cfg[key] < 1:
                 raise ConfigError(f'option {key!r} must be >= 1, got {cfg[key]}')
@@ -142,7 +149,10 @@ class Processor:
         except KeyError as err:
             raise ConfigError(f"option 'model': {err.args[0]}") from None
         args = dict(cfg['model_args'], **overrides)
-        encoder_name = args.get('base_encoder', 'net.st_gcn.Model')
+        # the method's own default encoder when model_args name none (HiCo: hico_encoder)
+        param = inspect.signature(model_cls).parameters.get('base_encoder')
+        default = param.default if param is not None and param.default is not param.empty else 'net.st_gcn.Model'
+        encoder_name = args.get('base_encoder', default)
         try:
             encoder_cls = ENCODERS.get(encoder_name)
         except KeyError as err:
@@ -153,7 +163,7 @@ class Processor:
     def load_weights(self, model):
         if self.cfg['weights']:
             load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log,
-                         prefix=self.cfg['weights_prefix'])
+                         prefix=self.cfg['weights_prefix'], container=self.cfg['weights_container'])
 
     def count_parameters(self, model):
         return sum(p.numel() for p in model.parameters())
@@ -198,10 +208,10 @@ class Processor:
         return torch.optim.Adam(params, lr=cfg['base_lr'], weight_decay=cfg['weight_decay'])
 
     def lr_at(self, epoch):
-        """Reference step schedule (1-based epochs): base_lr * 0.1 ** #{s in step: epoch > s}."""
+        """Reference step schedule (1-based epochs): base_lr * lr_decay_rate ** #{s in step: epoch > s}."""
         if self.cfg['optimizer'] != 'SGD' or not self.cfg['step']:
             return self.cfg['base_lr']
-        return self.cfg['base_lr'] * 0.1 ** sum(epoch > s for s in self.cfg['step'])
+        return self.cfg['base_lr'] * self.cfg['lr_decay_rate'] ** sum(epoch > s for s in self.cfg['step'])
 
     def set_lr(self, optimizer, epoch):
         lr = self.lr_at(epoch)

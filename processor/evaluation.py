@@ -83,7 +83,7 @@ def topk_accuracy(scores, labels, ks):
 EVAL_OPTIONS = {
     **BASE_OPTIONS,
     'base_lr': Opt(3.0, float, 'initial learning rate (reference linear evaluation: 3.0)'),
-    'step': Opt([80], (list, int), 'epochs after which lr is multiplied by 0.1'),
+    'step': Opt([80], (list, int), 'epochs after which lr is multiplied by lr_decay_rate'),
     'num_epoch': Opt(100, int, 'number of epochs'),
     'nesterov': Opt(False, bool, 'Nesterov momentum for SGD'),
     'weight_decay': Opt(0.0, float, 'weight decay'),

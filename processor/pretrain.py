@@ -43,6 +43,7 @@ class PretrainProcessor(Processor):
     # argument (reference files keep e.g. AimCLR's mining_epoch/topk at the top level);
     # model_args entries win.
     method_options = {}
+    frozen_steps = 0   # steps of the current epoch the method ran without an update
 
     def method_kwargs(self):
         if not self.method_options or self.cfg['model'] not in MODELS:
@@ -145,9 +146,14 @@ class PretrainProcessor(Processor):
         loss = out['loss']
         if not torch.isfinite(loss):
             raise FloatingPointError(f'loss became {loss.item()} at epoch {epoch} step {step}')
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if loss.requires_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if hasattr(self.model, 'after_step'):
+                self.model.after_step()   # e.g. AS-CAL's EMA of the key encoder, after the step
+        else:   # the method computed its loss without gradient: a warm-up step (AS-CAL epoch 1)
+            self.frozen_steps += 1
         return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
 
     def train_epoch(self, epoch, writer):
@@ -155,6 +161,7 @@ class PretrainProcessor(Processor):
         lr = self.set_lr(self.optimizer, epoch)
         self.loader.sampler.set_epoch(epoch)
         totals, count = {}, 0
+        self.frozen_steps = 0
         started = time.perf_counter()
         bar = self.progress(self.loader, desc=f'epoch {epoch}/{self.cfg["num_epoch"]}')
         for step, (x, _, items) in enumerate(bar):
@@ -178,7 +185,8 @@ class PretrainProcessor(Processor):
         clips = count * self.cfg['batch_size']
         writer.add_scalar('clips_per_s', clips / seconds, epoch)
         self.log(f'Epoch {epoch} done | ' + ' | '.join(f'{k}: {v:.4f}' for k, v in means.items())
-                 + f' | lr: {lr:.6f} | {seconds:.1f} s, {clips / seconds:.1f} clips/s')
+                 + f' | lr: {lr:.6f} | {seconds:.1f} s, {clips / seconds:.1f} clips/s'
+                 + (f' | {self.frozen_steps} steps without update (method warm-up)' if self.frozen_steps else ''))
         return means
 
     def start(self):

@@ -52,8 +52,8 @@ def test_config_loads_through_its_task(path):
             check_kwargs(cfg[f'{split}_feeder_args'], f'{split}_feeder_args', FEEDERS.get(cfg[f'{split}_feeder']))
     assert cfg['stream'] in ('joint', 'motion', 'bone') and cfg['optimizer'] in ('SGD', 'Adam')
     if cfg['model_args'].get('pretrain', True) is False:
-        # the key encoder is dropped by the ignore list, or left out by weights_prefix
-        assert cfg['weights_prefix'] or (cfg['ignore_weights'] and 'encoder_k' in cfg['ignore_weights'])
+        # the key encoder is dropped by name, or by selecting the query branch (weights_prefix)
+        assert cfg['ignore_weights'] and ('encoder_k' in cfg['ignore_weights'] or cfg['weights_prefix'])
     if cfg['stream'] != 'joint':   # joint/motion/bone files differ in the stream only
         assert cfg['stream'] in os.path.basename(path)
 

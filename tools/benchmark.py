@@ -17,11 +17,9 @@ measured at start) that the step achieves. On CUDA every row is also run with bf
 (`--amp auto`). Methods that are not registered yet are skipped with a note.
 
 Reference configuration (AimCLR / SkeletonCLR / ASAR): ST-GCN hidden 16, hidden_dim 256,
-feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. ISC rows (`isc_gru`, `isc_agcn`,
-`isc_hcn` intra-skeleton, `isc_inter` = BIGRU + AGCN) run at the reference sizes whatever
---batch / --frames say: batch 64, raw clips of 300 frames turned into two `crop_pose` views of
-64 frames, BIGRU hidden 1024 x 3 layers, feature_dim 128, queue 16384, MLP heads. HiCo and
-AS-CAL are not implemented in this framework: they have no rows.
+feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. Methods with another reference
+configuration (REFERENCE_ROWS, e.g. AS-CAL: LSTM 256, queue 16384, batch 32, T 150) use their
+own model arguments, batch and frames (--batch / --frames do not apply to them).
 
 `--linear-e2e` additionally times linear evaluation end to end (the `linear_evaluation` task on
 a synthetic set) with cached features against `cache_features: false`; the uncached run is
@@ -45,7 +43,8 @@ sys.path.insert(0, ROOT)
 from feeder.views import make_views  # noqa: E402
 from torchlight.registry import MODELS  # noqa: E402
 
-METHODS = ('aimclr', 'skeletonclr', 'asar')
+METHODS = ('aimclr', 'skeletonclr', 'asar', 'ascal', 'hico', 'hico_gru', 'hico_lstm',
+           'isc_gru', 'isc_agcn', 'isc_hcn', 'isc_inter')
 EVAL_ROWS = ('linear_eval', 'finetune_eval', 'extract_features')
 ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channels': 16,
            'hidden_dim': 256, 'dropout': 0.5,
@@ -54,17 +53,30 @@ ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channel
 METHOD_ARGS = {'feature_dim': 128, 'queue_size': 32768, 'momentum': 0.999, 'Temperature': 0.07,
                'mlp': True}
 VIEW_ARGS = {'shear_amplitude': 0.5, 'temperal_padding_ratio': 6, 'aug_method': '12345'}
-# ISC rows: (method, model_args) at the reference sizes (reference doc ISC 3.1, 3.4)
+SKIPPED = {}   # row name -> reason it is not run
 ISC_GRU = {'base_encoder': 'isc_gru', 'en_input_size': 150, 'en_hidden_size': 1024, 'en_num_layers': 3}
-ISC_ROWS = {'isc_gru': ('isc', ISC_GRU), 'isc_agcn': ('isc', {'base_encoder': 'agcn'}),
-            'isc_hcn': ('isc', {'base_encoder': 'hcn'}),
-            'isc_inter': ('isc_inter', {**ISC_GRU, 'second_encoder': 'agcn'})}
-ISC_METHOD_ARGS = {'feature_dim': 128, 'queue_size': 16384, 'momentum': 0.999, 'Temperature': 0.07,
-                   'mlp': True}
-ISC_VIEW_ARGS = {'l_ratio': [0.1, 1.0], 'input_size': 64}
-ISC_BATCH, ISC_RAW_FRAMES = 64, 300
-SKIPPED = {'hico': 'not implemented in this framework',
-           'ascal': 'not implemented in this framework'}
+# rows whose reference configuration is not the ST-GCN one above: model arguments, batch,
+# frames and the epoch passed to the method (AS-CAL: epoch 1 is its gradient-free queue warm-up)
+REFERENCE_ROWS = {
+    'ascal': {'model_args': {'base_encoder': 'ascal_lstm', 'hidden_units': 256, 'lstm_layer': 1,
+                             'queue_size': 16384, 'Temperature': 0.06, 'momentum': 0.999},
+              'batch': 32, 'frames': 150, 'epoch': 2},
+    # HiCo (spec 4.4): two 64-frame crop_pose views, hidden 512, K 2048, T 0.2; `hico` is the
+    # reference default S2S encoder (Transformer)
+    **{row: {'model': 'hico', 'model_args': {'encoder': encoder, 'feature_dim': 128, 'queue_size': 2048,
+                                             'momentum': 0.999, 'Temperature': 0.2},
+             'batch': 64, 'frames': 64}
+       for row, encoder in (('hico', 'Transformer'), ('hico_gru', 'GRU'), ('hico_lstm', 'LSTM'))},
+    # ISC (spec 3.1, 3.4): raw 300-frame clips -> two 64-frame crop_pose views, K 16384, T 0.07,
+    # MLP heads, BIGRU 1024 x 3; intra-skeleton per representation, inter = BIGRU + AGCN
+    **{row: {'model': model, 'model_args': {**encoders, 'feature_dim': 128, 'queue_size': 16384,
+                                            'momentum': 0.999, 'Temperature': 0.07, 'mlp': True},
+             'batch': 64, 'frames': 300}
+       for row, model, encoders in (
+           ('isc_gru', 'isc', ISC_GRU), ('isc_agcn', 'isc', {'base_encoder': 'agcn'}),
+           ('isc_hcn', 'isc', {'base_encoder': 'hcn'}),
+           ('isc_inter', 'isc_inter', {**ISC_GRU, 'second_encoder': 'agcn'}))},
+}
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -159,11 +171,26 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
+def recurrent_flops(model, batch, frames):
+    """Matmul FLOPs of the model's RNN layers in one step, which FlopCounterMode does not see
+    (fused mkldnn / cuDNN RNN kernels): 2*T*N*rows(W_ih)*(I + H) per layer and direction, x3 for
+    trained layers (forward + backward, the usual convention), x1 for frozen ones (EMA key encoder)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            for name, w_ih in module.named_parameters():
+                if name.startswith('weight_ih'):
+                    w_hh = getattr(module, name.replace('_ih', '_hh'))
+                    passes = 3 if w_ih.requires_grad else 1
+                    total += 2 * frames * batch * w_ih.shape[0] * (w_ih.shape[1] + w_hh.shape[1]) * passes
+    return total
+
+
 # ----------------------------------------------------------------------------- rows
 def build(name, impl, pretrain=True, num_class=60):
-    if name in ISC_ROWS:   # ISC encoders have one implementation
-        model, args = ISC_ROWS[name]
-        return MODELS.get(model)(**args, **ISC_METHOD_ARGS)
+    if name in REFERENCE_ROWS:   # not ST-GCN: impl does not apply
+        row = REFERENCE_ROWS[name]
+        return MODELS.get(row.get('model', name))(**row['model_args'])
     cls = MODELS.get(name)
     args = dict(ENCODER, impl=impl)
     if pretrain:
@@ -171,7 +198,7 @@ def build(name, impl, pretrain=True, num_class=60):
     return cls(**args, pretrain=False, num_class=num_class)
 
 
-def method_step(model, x, amp, device, view_args=VIEW_ARGS):
+def method_step(model, x, amp, device, epoch=1):
     """The engine's step (processor/pretrain.py): views -> method loss -> backward -> SGD."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
                                 momentum=0.9, weight_decay=1e-4)
@@ -179,15 +206,17 @@ def method_step(model, x, amp, device, view_args=VIEW_ARGS):
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        views = make_views(x, kinds, gen, view_args)
+        views = make_views(x, kinds, gen, VIEW_ARGS)
         with autocast(amp, device):
-            out = model(*views, epoch=1)
+            out = model(*views, epoch=epoch)
         optimizer.zero_grad(set_to_none=True)
         out['loss'].backward()
         optimizer.step()
+        if hasattr(model, 'after_step'):   # as the engine: e.g. AS-CAL's EMA after the step
+            model.after_step()
 
     def augment():
-        make_views(x, kinds, gen, view_args)
+        make_views(x, kinds, gen, VIEW_ARGS)
 
     return step, augment
 
@@ -232,15 +261,9 @@ def autocast(amp, device):
     return contextlib.nullcontext()
 
 
-def row_sizes(name, args):
-    """(batch, raw frames, view args) of a row: ISC rows run at their reference sizes."""
-    if name in ISC_ROWS:
-        return ISC_BATCH, ISC_RAW_FRAMES, ISC_VIEW_ARGS
-    return args.batch, args.frames, VIEW_ARGS
-
-
 def run_row(name, args, device, amp, peak_gflops):
-    batch, frames, view_args = row_sizes(name, args)
+    row = REFERENCE_ROWS.get(name, {})
+    batch, frames = row.get('batch', args.batch), row.get('frames', args.frames)
     shape = (batch, 3, frames, 25, 2)
     torch.manual_seed(0)
     x = torch.randn(shape, device=device)
@@ -249,13 +272,13 @@ def run_row(name, args, device, amp, peak_gflops):
     def make(impl):
         if is_method:
             model = build(name, impl).to(device)
-            return model, method_step(model, x, amp, device, view_args)
+            return model, method_step(model, x, amp, device, row.get('epoch', 1))
         model = build('skeletonclr', impl, pretrain=False).to(device)
         return model, eval_step(name, model, x, amp, device)
 
     # FLOPs of the plain formulation (one step, same batch), counted on the CPU formulation
     ref_model, (ref_step, _) = make('reference')
-    flops = count_flops(ref_step) if not args.no_flops else float('nan')
+    flops = count_flops(ref_step) + recurrent_flops(ref_model, batch, frames) if not args.no_flops else float('nan')
     del ref_model, ref_step
     model, (step, augment) = make(args.impl)
     if args.compile and hasattr(model, 'encoder_q'):
@@ -333,8 +356,8 @@ def print_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--methods', default=','.join(METHODS + tuple(ISC_ROWS) + EVAL_ROWS),
-                        help='comma-separated rows: ' + ', '.join(METHODS + tuple(ISC_ROWS) + EVAL_ROWS))
+    parser.add_argument('--methods', default=','.join(METHODS + EVAL_ROWS),
+                        help='comma-separated rows: ' + ', '.join(METHODS + EVAL_ROWS))
     parser.add_argument('--steps', type=int, default=3, help='timed steps per row (median reported)')
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--frames', type=int, default=50)
@@ -378,7 +401,7 @@ def main(argv=None):
         if name in SKIPPED:
             print(f'skip {name}: {SKIPPED[name]}')
             continue
-        if name not in EVAL_ROWS and name not in ISC_ROWS and name not in MODELS:
+        if name not in EVAL_ROWS and name not in REFERENCE_ROWS and name not in MODELS:
             print(f'skip {name}: method not registered yet')
             continue
         for amp in amps:

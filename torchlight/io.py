@@ -127,25 +127,41 @@ def select_prefix(weights, prefix, target='encoder_q.', path='<checkpoint>'):
     return chosen
 
 
-def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=None):
+def pick_container(obj, container, path='<checkpoint>'):
+    """The checkpoint entry `container` (e.g. AS-CAL's 'model_ema'), or `obj` when None."""
+    if container is None:
+        return obj
+    if not isinstance(obj, dict) or container not in obj:
+        keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise WeightsError(f'{path}: no entry {container!r} (weights_container); top-level keys: {keys}')
+    return obj[container]
+
+
+def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=None, container=None):
     """Load `path` into `model` with the reference rules (reference doc 1.6).
 
+    0. `container` picks a top-level entry of the file (else 'state_dict', 'model', ...);
     1. keys lose everything up to the last 'module.'; 2. with `prefix`, only the keys under it
-    are kept and become `encoder_q.*` (see select_prefix); 3. every key starting with an
+    are kept and become `encoder_q.*` (see select_prefix; '' = every key, for files that hold
+    a bare encoder such as AS-CAL's); 3. every key starting with an
     `ignore_weights` prefix is dropped; 4. keys the model has but the file lacks are listed
     and keep their current values; 5. keys the file has but the model lacks, and shape
     mismatches, are errors. `rename` optionally maps {old prefix: new prefix} first.
     Returns the list of missing keys.
     """
-    weights = OrderedDict((strip_module(k), v) for k, v in state_dict_of(read_checkpoint(path), path).items())
-    if prefix:
+    state = state_dict_of(pick_container(read_checkpoint(path), container, path), path)
+    weights = OrderedDict((strip_module(k), v) for k, v in state.items())
+    if prefix is not None:
         weights = select_prefix(weights, prefix, path=path)
     for old, new in (rename or {}).items():
         weights = OrderedDict((new + k[len(old):] if k.startswith(old) else k, v) for k, v in weights.items())
-    for prefix in ignore_weights:
-        for key in [k for k in weights if k.startswith(prefix)]:
-            log(f'Filter [{prefix}] remove weights [{key}].')
+    for dropped in ignore_weights:
+        for key in [k for k in weights if k.startswith(dropped)]:
+            log(f'Filter [{dropped}] remove weights [{key}].')
             del weights[key]
+    for name, module in model.named_modules():   # encoders that recognise a mismatched checkpoint
+        if hasattr(module, 'check_weights'):
+            module.check_weights(weights, prefix=f'{name}.' if name else '', path=path)
     own = model.state_dict()
     unexpected = [k for k in weights if k not in own]
     mismatched = [f'{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
