@@ -143,10 +143,9 @@ def apply_temporal_crop(x, params):
 
 def draw_shear(n, gen, shear_amplitude=0.5):
     alpha, beta = _uniform((2, n, 3), gen, -shear_amplitude, shear_amplitude).float()
-    matrix = torch.eye(3).repeat(n, 1, 1)
-    matrix[:, [0, 1, 2], [1, 0, 0]] = alpha  # S[0,1]=a0, S[1,0]=a1, S[2,0]=a2
-    matrix[:, [0, 1, 2], [2, 2, 1]] = beta   # S[0,2]=b0, S[1,2]=b1, S[2,1]=b2
-    return matrix
+    (a0, a1, a2), (b0, b1, b2), one = alpha.T, beta.T, torch.ones(n)
+    # S = [[1, a0, b0], [a1, 1, b1], [a2, b2, 1]]
+    return torch.stack([one, a0, b0, a1, one, b1, a2, b2, one], dim=1).view(n, 3, 3)
 
 
 def apply_channel_matrix(x, matrix):

@@ -1,13 +1,6 @@
 """Turns a raw batch into the views a method asks for (`method.views`), batched on the device."""
-import functools
-from concurrent.futures import ThreadPoolExecutor
-
-import torch
-
 from feeder import ascal_augment, augment, crop_resize
 
-CHUNK = 64      # samples per independently drawn piece of a batch
-_POOL = None    # threads for the pieces on the CPU, created on first use
 VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop', 'ascal1', 'ascal2')
 CROP_KINDS = ('crop_pose', 'crop_resize', 'center_crop')
 
@@ -17,55 +10,14 @@ def make_views(x, kinds, gen, view_args, lengths=None):
     gen: CPU torch.Generator for this (seed, epoch, step, rank), or None when every kind is
     deterministic; view_args: the feeder's augmentation keys (shear_amplitude,
     temperal_padding_ratio, aug_method, l_ratio, input_size, ...); lengths: (N,) true frame
-    counts for the crop kinds (default: up to the last non-empty frame).
-
-    The batch is cut into pieces of CHUNK samples, each drawing from its own generator seeded
-    from `gen`; on the CPU the pieces run in parallel threads (torch ops release the GIL). The
-    views depend only on `gen`, not on the device or the number of threads."""
+    counts for the crop kinds (default: up to the last non-empty frame). The views are drawn
+    in the order of `kinds` and depend only on `gen`, not on the device."""
     unknown = [kind for kind in kinds if kind not in VIEW_KINDS]
     if unknown:
         raise ValueError(f'unknown view kind {unknown[0]!r}; expected one of {VIEW_KINDS}')
     if any(kind in CROP_KINDS for kind in kinds):
         lengths = crop_resize.valid_lengths(x) if lengths is None else lengths
         crop_resize.check_lengths(x, lengths)
-    starts = range(0, x.shape[0], CHUNK)
-    gens = chunk_generators(gen, len(starts))
-    jobs = [functools.partial(_views_of, x[s:s + CHUNK], kinds, g, view_args,
-                              None if lengths is None else lengths[s:s + CHUNK])
-            for s, g in zip(starts, gens)]
-    pieces = _run(jobs, x.device)
-    if len(pieces) == 1:
-        return pieces[0]
-    views = [x if kind == 'raw' else pieces[0][i].new_empty((x.shape[0],) + pieces[0][i].shape[1:])
-             for i, kind in enumerate(kinds)]
-
-    def gather(s, piece):   # each piece copies itself into the batch views (in parallel)
-        for view, part, kind in zip(views, piece, kinds):
-            if kind != 'raw':
-                view[s:s + CHUNK].copy_(part)
-    _run([functools.partial(gather, s, piece) for s, piece in zip(starts, pieces)], x.device)
-    return views
-
-
-def chunk_generators(gen, count):
-    """One generator per batch piece, seeded in order from `gen` (None stays None)."""
-    if gen is None:
-        return [None] * count
-    seeds = torch.randint(0, 2 ** 62, (count,), generator=gen).tolist()
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
-
-
-def _run(jobs, device):
-    threads = min(len(jobs), torch.get_num_threads())
-    if device.type != 'cpu' or threads < 2:
-        return [job() for job in jobs]
-    global _POOL
-    if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='views')
-    return list(_POOL.map(lambda job: job(), jobs))
-
-
-def _views_of(x, kinds, gen, view_args, lengths):
     views = []
     for kind in kinds:
         if kind == 'raw':

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from feeder import crop_resize as cr
-from feeder.views import chunk_generators, eval_view, has_augmentation, make_views
+from feeder.views import eval_view, has_augmentation, make_views
 
 
 def clips(n=6, t=90, v=25, m=2, seed=0):
@@ -101,8 +101,8 @@ def test_crop_pose_view_and_seed_reproducibility():
     assert a[0].shape == (5, 3, 64, 25, 2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], a[1])                       # two independent draws
-    # same composition by hand from the same generator state (one piece: N <= CHUNK)
-    gen = chunk_generators(torch.Generator().manual_seed(7), 1)[0]
+    # same composition by hand from the same generator state
+    gen = torch.Generator().manual_seed(7)
     crop = cr.draw_random_crop(lengths, gen, (0.1, 1.0))
     maps = cr.draw_pose(5, gen, 25)
     torch.testing.assert_close(a[0], cr.apply_pose(cr.apply_crop_resize(x, crop, 64), maps))
