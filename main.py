@@ -33,6 +33,8 @@ def _task_help(name, cls):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    from torchlight import dist
+    dist.keep_freed_memory()
     from torchlight.config import ConfigError
     from torchlight.io import WeightsError
     from torchlight.registry import TASKS
@@ -56,7 +58,6 @@ def main(argv=None):
         print(f'error: {err}', file=sys.stderr)
         return 2
     finally:
-        from torchlight import dist
         dist.cleanup()
     return 0
 

@@ -2,7 +2,7 @@
 clips/s = N / time to make (extreme, normal, normal) for one batch.
 
     python tools/bench_augment.py [--batch 128] [--frames 50] [--iters 50] [--aug-method 12345]
-                                  [--threads 2]
+                                  [--threads 2] [--glibc-default-malloc]
 """
 import argparse
 import os
@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from feeder import views  # noqa: E402
+from torchlight import dist  # noqa: E402
 
 KINDS = ('extreme', 'normal', 'normal')
 
@@ -48,7 +49,11 @@ def main():
     parser.add_argument('--iters', type=int, default=50)
     parser.add_argument('--aug-method', default='12345')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--glibc-default-malloc', action='store_true',
+                        help='skip dist.keep_freed_memory(), which main.py applies (for comparison)')
     args = parser.parse_args()
+    if not args.glibc_default_malloc:
+        dist.keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = (args.batch, 3, args.frames, args.joints, args.persons)

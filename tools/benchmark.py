@@ -41,6 +41,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from feeder.views import make_views  # noqa: E402
+from torchlight import dist  # noqa: E402
 from torchlight.registry import MODELS  # noqa: E402
 
 METHODS = ('aimclr', 'skeletonclr', 'asar', 'ascal', 'hico', 'hico_gru', 'hico_lstm',
@@ -379,6 +380,7 @@ def main(argv=None):
     parser.add_argument('--linear-uncached-epochs', type=int, default=2,
                         help='epochs actually run without the cache (then extrapolated)')
     args = parser.parse_args(argv)
+    dist.keep_freed_memory()   # as main.py does
     if args.threads:
         torch.set_num_threads(args.threads)
     CLOCK['clock'] = args.clock
