@@ -172,13 +172,24 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
+def counter_sees(rnn):
+    """Whether FlopCounterMode counts this RNN's matmuls (on the CPU a GRU runs as ATen linear
+    ops the counter sees; LSTM runs as one fused oneDNN kernel it does not)."""
+    param = next(rnn.parameters())
+    probe = torch.zeros(2, 1, rnn.input_size, device=param.device, dtype=param.dtype)
+    if rnn.batch_first:
+        probe = probe.transpose(0, 1)
+    with torch.no_grad():
+        return count_flops(lambda: rnn(probe)) > 0
+
+
 def recurrent_flops(model, batch, frames):
-    """Matmul FLOPs of the model's RNN layers in one step, which FlopCounterMode does not see
-    (fused mkldnn / cuDNN RNN kernels): 2*T*N*rows(W_ih)*(I + H) per layer and direction, x3 for
+    """Matmul FLOPs of the model's RNN layers in one step that FlopCounterMode does not see
+    (fused oneDNN / cuDNN RNN kernels): 2*T*N*rows(W_ih)*(I + H) per layer and direction, x3 for
     trained layers (forward + backward, the usual convention), x1 for frozen ones (EMA key encoder)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, torch.nn.RNNBase):
+        if isinstance(module, torch.nn.RNNBase) and not counter_sees(module):
             for name, w_ih in module.named_parameters():
                 if name.startswith('weight_ih'):
                     w_hh = getattr(module, name.replace('_ih', '_hh'))
