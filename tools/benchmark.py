@@ -119,6 +119,7 @@ class PeakMemory:
         if self.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            dist.release_freed_memory()   # memory kept from earlier rows is not this row's
             self.peak = rss_mb()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()

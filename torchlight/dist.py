@@ -18,6 +18,13 @@ import torch.distributed as dist
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    except OSError:
+        return None
+
+
 def keep_freed_memory(mmap_below=32 << 20, trim_above=256 << 20):
     """Ask glibc to serve CPU tensors below `mmap_below` bytes (32 MB, its maximum) from the heap
     and to keep up to `trim_above` bytes of freed heap instead of returning it to the OS.
@@ -26,12 +33,17 @@ def keep_freed_memory(mmap_below=32 << 20, trim_above=256 << 20):
     page-faults on every page when first written; in this project's VMs that made the batched
     view pipeline about 1.5-2x slower (docs/PERFORMANCE.md). Returns False where there is no
     glibc (macOS, Windows, musl): nothing changes there."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), 'mallopt', None)
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(mallopt(M_TRIM_THRESHOLD, trim_above))
+
+
+def release_freed_memory():
+    """Return the heap memory kept by keep_freed_memory to the OS (glibc malloc_trim), e.g.
+    before measuring one job's peak resident memory; False without glibc."""
+    trim = getattr(_libc(), 'malloc_trim', None)
+    return bool(trim(0)) if trim is not None else False
 
 
 def resolve_device(device='auto', use_gpu=True, local_rank=0):
