@@ -74,18 +74,17 @@ def resize_weights(params, out):
 
 
 def apply_crop_resize(x, params, out=64):
-    """(N, C, T, V, M) -> (N, C, out, V, M)."""
+    """(N, C, T, V, M) -> (N, C, out, V, M), contiguous: two row gathers of the source frames
+    (rows (n, c, t) of V*M values, in x's own layout) and one lerp."""
     n, c, t = x.shape[:3]
     if int((params.start + params.length).max()) > t:
         raise ValueError(f'crop window ends after T={t}')
     left, right, weight = resize_weights(params, out)
-    frames = x.transpose(1, 2).reshape(n * t, -1)                 # one row per (sample, frame)
-    base = (torch.arange(n) * t)[:, None]
-    rows = torch.cat([(base + left).reshape(-1), (base + right).reshape(-1)]).to(x.device)
-    picked = frames.index_select(0, rows).view(2, n, out, -1)
-    weight = weight.to(device=x.device, dtype=x.dtype).view(n, out, 1)
-    resized = torch.lerp(picked[0], picked[1], weight)
-    return resized.view(n, out, c, *x.shape[3:]).transpose(1, 2)
+    base = (torch.arange(n * c) * t).view(n, c, 1)
+    rows = torch.stack([base + left[:, None], base + right[:, None]]).reshape(-1).to(x.device)
+    picked = x.reshape(n * c * t, -1).index_select(0, rows).view(2, n, c, out, -1)
+    weight = weight.to(device=x.device, dtype=x.dtype).view(n, 1, out, 1)
+    return torch.lerp(picked[0], picked[1], weight).view(n, c, out, *x.shape[3:])
 
 
 def draw_pose(n, gen, num_joints, corrupt_joints=CORRUPT_JOINTS):
