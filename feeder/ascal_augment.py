@@ -94,14 +94,18 @@ def draw_shear(n, gen, s1=None, s2=None):
     return matrix
 
 
+def _axes(n, gen, axis, op):
+    """Per-sample coordinate axis (x/y/z = 0/1/2): drawn when `axis` is None, else fixed."""
+    if axis is None:
+        return torch.randint(0, 3, (n,), generator=gen)
+    if int(axis) in (0, 1, 2):
+        return torch.full((n,), int(axis), dtype=torch.long)
+    raise ValueError(f'{op} axis must be 0, 1 or 2, got {axis!r}')
+
+
 def draw_rotate(n, gen, axis=None, angle=None):
     """augment.RotateParams rotating about one axis (x/y/z = 0/1/2) by one angle per sample."""
-    if axis is None:
-        axes = torch.randint(0, 3, (n,), generator=gen)
-    elif int(axis) in (0, 1, 2):
-        axes = torch.full((n,), int(axis), dtype=torch.long)
-    else:
-        raise ValueError(f'rotate axis must be 0, 1 or 2, got {axis!r}')
+    axes = _axes(n, gen, axis, 'rotate')
     if angle is None:
         low, high = 0.0, MAX_ANGLE_DEG
     elif isinstance(angle, (list, tuple)):
@@ -114,18 +118,8 @@ def draw_rotate(n, gen, axis=None, angle=None):
     return augment.RotateParams(axes, angles)
 
 
-def apply_rotate(x, params):
-    return augment.apply_channel_matrix(x, params.matrix)
-
-
 def draw_zero_axis(n, gen, axis=None):
-    if axis is None:
-        axes = torch.randint(0, 3, (n,), generator=gen)
-    elif int(axis) in (0, 1, 2):
-        axes = torch.full((n,), int(axis), dtype=torch.long)
-    else:
-        raise ValueError(f'zeroOutAxis axis must be 0, 1 or 2, got {axis!r}')
-    return augment.AxisMaskParams(torch.ones(n, dtype=torch.bool), axes)
+    return augment.AxisMaskParams(torch.ones(n, dtype=torch.bool), _axes(n, gen, axis, 'zeroOutAxis'))
 
 
 # ----------------------------------------------------------------------------- zeroOutJoints
@@ -186,7 +180,7 @@ def ascal_view(x, gen, transform=DEFAULT_TRANSFORM, list_args=DEFAULT_LIST_ARGS,
         elif op == 'shear':
             x = augment.apply_channel_matrix(x, draw_shear(n, gen, a, b))
         elif op == 'rotate':
-            x = apply_rotate(x, draw_rotate(n, gen, a, b))
+            x = augment.apply_rotate(x, draw_rotate(n, gen, a, b))
         elif op == 'zeroOutJoints':
             x = apply_zero_joints(x, draw_zero_joints(n, gen, v, t, a, b))
         elif op == 'zeroOutAxis':

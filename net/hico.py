@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.hico_encoder import HiCoEncoder, xavier_init
-from net.moco import encoder_kwargs
+from net.moco import encoder_kwargs, momentum_update_, write_queue_
 from torchlight import dist
 from torchlight.registry import ENCODERS, MODELS
 
@@ -32,20 +32,6 @@ def info_nce(positive, negative):
     positive (N, P), negative (N, K). With P = 1 this is cross-entropy with target 0."""
     logits = torch.cat([positive, negative], dim=1)
     return (torch.logsumexp(logits, dim=1) - torch.logsumexp(positive, dim=1)).mean()
-
-
-@torch.no_grad()
-def enqueue(queue, queue_ptr, keys, period):
-    """Write the (n, D) keys as columns of `queue` (D, L) from the pointer on, wrapping at L;
-    the pointer then advances modulo `period` (L, or the reference's K for the clip/part queues)."""
-    length = queue.shape[1]
-    n = keys.shape[0]
-    if n > length:
-        keys, n = keys[-length:], length
-    ptr = int(queue_ptr)
-    index = (ptr + torch.arange(n, device=queue.device)) % length
-    queue[:, index] = keys.T.to(queue.dtype)
-    queue_ptr[0] = (ptr + n) % period
 
 
 @MODELS.register('hico', aliases=['hico.builder.HiCo'])
@@ -86,10 +72,7 @@ class HiCo(nn.Module):
     # ------------------------------------------------------------------ pieces
     @torch.no_grad()
     def momentum_update(self):
-        """theta_k <- m theta_k + (1 - m) theta_q, in place over parameters."""
-        k_params = [p.data for p in self.encoder_k.parameters()]
-        torch._foreach_mul_(k_params, self.m)
-        torch._foreach_add_(k_params, [p.detach() for p in self.encoder_q.parameters()], alpha=1.0 - self.m)
+        momentum_update_(self.encoder_k, self.encoder_q, self.m)
 
     @staticmethod
     def normalised(outputs):
@@ -102,8 +85,8 @@ class HiCo(nn.Module):
         for level, keys, mod in (('c', kc, period), ('p', kp, period), ('t', kt, self.K),
                                  ('s', ks, self.K), ('i', ki, self.K)):
             keys = dist.all_gather_cat(keys.detach().contiguous())
-            enqueue(getattr(self, f'{level}_queue'), getattr(self, f'{level}_queue_ptr'),
-                    keys.reshape(-1, keys.shape[-1]), mod)
+            write_queue_(getattr(self, f'{level}_queue'), getattr(self, f'{level}_queue_ptr'),
+                         keys.reshape(-1, keys.shape[-1]), mod)
 
     def losses(self, q, k):
         """The five terms from normalised query / key outputs (zc, zp, zt, zs, zi) and the

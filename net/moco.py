@@ -31,18 +31,24 @@ def momentum_update_(key_encoder, query_encoder, m):
 
 
 @torch.no_grad()
-def enqueue_(queue, queue_ptr, keys):
-    """Write the (N, D) keys of every rank into `queue` (D, K) from `queue_ptr` on, wrapping at
-    its end (at most the last K keys), and advance the pointer modulo K."""
-    keys = dist.all_gather_cat(keys.detach())
+def write_queue_(queue, queue_ptr, keys, period=None):
+    """Write the (n, D) keys as columns of `queue` (D, L) from the pointer on, wrapping at L
+    (at most the last L keys); the pointer then advances modulo `period` (default L; HiCo's
+    reference clip/part queues use their per-group length K)."""
     size = queue.shape[1]
     n = keys.shape[0]
     if n > size:
         keys, n = keys[-size:], size
     ptr = int(queue_ptr)
-    index = (ptr + torch.arange(n, device=keys.device)) % size
+    index = (ptr + torch.arange(n, device=queue.device)) % size
     queue[:, index] = keys.T.to(queue.dtype)
-    queue_ptr[0] = (ptr + n) % size
+    queue_ptr[0] = (ptr + n) % (period or size)
+
+
+@torch.no_grad()
+def enqueue_(queue, queue_ptr, keys):
+    """Write the (N, D) keys of every rank into `queue` (D, K) from `queue_ptr` on (write_queue_)."""
+    write_queue_(queue, queue_ptr, dist.all_gather_cat(keys.detach()))
 
 
 class MoCo(nn.Module):

@@ -112,7 +112,7 @@ def test_rotate_matches_reference_matrices():
     degrees = p.angles.sum(1) * 180 / math.pi
     assert ((p.angles != 0).sum(1) <= 1).all() and degrees.min() >= 0 and degrees.max() <= 30
     assert len(set(p.axis.tolist())) > 1
-    close(A.apply_rotate(x, p), [slow_rotate(s, int(a), float(d)) for s, a, d in zip(x.numpy(), p.axis, degrees)])
+    close(augment.apply_rotate(x, p), [slow_rotate(s, int(a), float(d)) for s, a, d in zip(x.numpy(), p.axis, degrees)])
     ranged = A.draw_rotate(200, gen(), axis=2, angle=[90, 10]).angles[:, 2] * 180 / math.pi
     assert ranged.min() >= 80 and ranged.max() <= 100 and ranged.std() > 3
     fixed = A.draw_rotate(3, gen(), 1, 45).angles[:, 1]

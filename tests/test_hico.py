@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from feeder.streams import to_stream
-from net.hico import HiCo, enqueue, info_nce
+from net.hico import HiCo, info_nce
+from net.moco import write_queue_ as enqueue
 from torchlight.registry import ENCODERS, MODELS
 
 TINY = dict(t_input_size=30, s_input_size=24, hidden_size=8, num_head=2, granularity=4)  # C3 T8 V5 M2
