@@ -270,11 +270,11 @@ def test_shipped_configs_hold_the_reference_protocols(split):
 
 
 def test_benchmark_counts_the_fused_recurrent_flops():
-    from tools.benchmark import REFERENCE_ROWS, SKIPPED, recurrent_flops
+    from tools.benchmark import METHODS, REFERENCE_ROWS, recurrent_flops
     m = ASCAL(hidden_units=8, queue_size=10)
     # query encoder trained (x3), key encoder frozen (x1): 2*T*N*4H*(I+H) each
     assert recurrent_flops(m, batch=2, frames=5) == 2 * 5 * 2 * 32 * (150 + 8) * (3 + 1)
-    assert 'ascal' not in SKIPPED and REFERENCE_ROWS['ascal']['batch'] == 32
+    assert 'ascal' in METHODS and REFERENCE_ROWS['ascal']['batch'] == 32   # a default row
     assert REFERENCE_ROWS['ascal']['frames'] == 150 and REFERENCE_ROWS['ascal']['model_args']['queue_size'] == 16384
 
 

@@ -54,7 +54,6 @@ ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channel
 METHOD_ARGS = {'feature_dim': 128, 'queue_size': 32768, 'momentum': 0.999, 'Temperature': 0.07,
                'mlp': True}
 VIEW_ARGS = {'shear_amplitude': 0.5, 'temperal_padding_ratio': 6, 'aug_method': '12345'}
-SKIPPED = {}   # row name -> reason it is not run
 ISC_GRU = {'base_encoder': 'isc_gru', 'en_input_size': 150, 'en_hidden_size': 1024, 'en_num_layers': 3}
 # rows whose reference configuration is not the ST-GCN one above: model arguments, batch,
 # frames and the epoch passed to the method (AS-CAL: epoch 1 is its gradient-free queue warm-up)
@@ -412,11 +411,8 @@ def main(argv=None):
     print(f'batched augmentation, AimCLR views (extreme + 2 normal), batch {args.batch}: '
           f'{aug_row["aug_clips_per_s"]:,.0f} clips/s (median of 10)', flush=True)
     for name in [m.strip() for m in args.methods.split(',') if m.strip()]:
-        if name in SKIPPED:
-            print(f'skip {name}: {SKIPPED[name]}')
-            continue
         if name not in EVAL_ROWS and name not in REFERENCE_ROWS and name not in MODELS:
-            print(f'skip {name}: method not registered yet')
+            print(f'skip {name}: no such method or row')
             continue
         for amp in amps:
             row = run_row(name, args, device, amp, peak)
