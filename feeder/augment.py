@@ -6,16 +6,16 @@ Every op is a pair:
   apply_<op>(x, params) -> x'        pure and batched on x's device, no Python loop over samples.
 Coin-flip ops draw an independent coin per sample; samples whose coin says "skip" come out
 bit-identical. Distributions follow the AimCLR reference (normal: crop + shear; extreme: ids
-1..6 of `aug_method`). `normal_view` / `extreme_view` compose them, fusing the per-sample
-3x3 coordinate maps (shear, rotation, axis mask) into one matrix product.
+1..6 of `aug_method`). feeder/composite.py composes them into the normal and extreme views.
 """
 import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from feeder.streams import NTU, NW_UCLA, infer_layout
+from feeder.streams import NTU, NW_UCLA
 
 # Spatial "flip" swaps left/right joint labels; coordinates are not mirrored (reference quirk).
 NTU_FLIP_MAP = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15,
@@ -55,8 +55,21 @@ class RotateParams:
 
 @dataclass(frozen=True)
 class NoiseParams:
+    """The values come from a generator seeded by `seed` (drawn from the view generator), so
+    they can be drawn later, e.g. in a second thread while the other views are computed."""
     applied: torch.Tensor  # (n,) bool
-    noise: torch.Tensor    # (applied.sum(), C, T, V, M)
+    seed: int
+    sample_shape: tuple    # (C, T, V, M)
+    std: float
+
+    def draw(self):
+        """(applied.sum(), C, T, V, M) float32 noise; the same values on every call."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.empty(int(self.applied.sum()), *self.sample_shape).normal_(0.0, self.std, generator=gen)
+
+    @property
+    def noise(self):
+        return self.draw()
 
 
 @dataclass(frozen=True)
@@ -132,13 +145,19 @@ def crop_frame_index(params, num_frames):
 
 
 def apply_temporal_crop(x, params):
-    n, c, t = x.shape[:3]
+    t = x.shape[2]
     if params.pad > t:
         raise ValueError(f'crop padding {params.pad} exceeds T={t}')
-    frames = crop_frame_index(params, t)
-    # one row gather: row (n, c, t) of x viewed as (N*C*T, V*M)
-    rows = (torch.arange(n * c).view(n, c, 1) * t + frames.view(n, 1, t)).reshape(-1)
-    return x.reshape(n * c * t, -1).index_select(0, rows.to(x.device)).view(x.shape)
+    return gather_frames(x, crop_frame_index(params, t))
+
+
+def gather_frames(x, frames):
+    """x[i, :, frames[i]] for per-sample frame indices frames (n, T'), as one row gather of x
+    viewed as (N*C*T, V*M) rows."""
+    n, c, t = x.shape[:3]
+    length = frames.shape[1]
+    rows = (torch.arange(n * c).view(n, c, 1) * t + frames.view(n, 1, length)).reshape(-1)
+    return x.reshape(n * c * t, -1).index_select(0, rows.to(x.device)).view(n, c, length, *x.shape[3:])
 
 
 def draw_shear(n, gen, shear_amplitude=0.5):
@@ -202,19 +221,20 @@ def draw_rotate(n, gen, main_max_deg=30.0, other_max_deg=1.0):
 
 def rotation_matrices(angles):
     """(n, 3, 3) = Rz @ Ry @ Rx: rotate about x, then y, then z (reference matrices)."""
-    cos, sin = angles.cos(), angles.sin()
-    one, zero = torch.ones_like(cos[:, 0]), torch.zeros_like(cos[:, 0])
-
-    def stack(rows):
-        return torch.stack([torch.stack(r, -1) for r in rows], -2)
-
+    a = angles.double().numpy()
+    cos, sin = np.cos(a), np.sin(a)
+    n = len(a)
+    rx, ry, rz = (np.zeros((n, 3, 3)) for _ in range(3))
     c, s = cos[:, 0], sin[:, 0]
-    rx = stack([(one, zero, zero), (zero, c, s), (zero, -s, c)])
+    rx[:, 0, 0] = 1
+    rx[:, 1, 1], rx[:, 1, 2], rx[:, 2, 1], rx[:, 2, 2] = c, s, -s, c
     c, s = cos[:, 1], sin[:, 1]
-    ry = stack([(c, zero, -s), (zero, one, zero), (s, zero, c)])
+    ry[:, 1, 1] = 1
+    ry[:, 0, 0], ry[:, 0, 2], ry[:, 2, 0], ry[:, 2, 2] = c, -s, s, c
     c, s = cos[:, 2], sin[:, 2]
-    rz = stack([(c, s, zero), (-s, c, zero), (zero, zero, one)])
-    return (rz @ ry @ rx).float()
+    rz[:, 2, 2] = 1
+    rz[:, 0, 0], rz[:, 0, 1], rz[:, 1, 0], rz[:, 1, 1] = c, s, -s, c
+    return torch.from_numpy((rz @ ry @ rx).astype(np.float32))
 
 
 def apply_rotate(x, params):
@@ -224,23 +244,15 @@ def apply_rotate(x, params):
 def draw_gaussian_noise(n, gen, sample_shape, std=0.01, p=0.5):
     """Noise is drawn only for the samples whose coin says apply."""
     applied = _coin(n, gen, p)
-    noise = torch.empty(int(applied.sum()), *sample_shape).normal_(0.0, std, generator=gen)
-    return NoiseParams(applied, noise)
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
+    return NoiseParams(applied, seed, tuple(sample_shape), std)
 
 
 def apply_gaussian_noise(x, params):
-    return _add_noise_(x.clone(), params)
-
-
-def _add_noise_(x, params, matrix=None):
-    """In place: x[applied] += noise, first mapped by the per-sample `matrix` when given."""
-    if params.noise.numel():
-        index = _applied_index(params.applied, x.device)
-        noise = params.noise.to(device=x.device, dtype=x.dtype)
-        if matrix is not None:
-            noise = apply_channel_matrix(noise, matrix[params.applied])
-        x.index_add_(0, index, noise)
-    return x
+    out = x.clone()
+    if params.applied.any():
+        out.index_add_(0, _applied_index(params.applied, x.device), params.draw().to(device=x.device, dtype=x.dtype))
+    return out
 
 
 def draw_gaussian_blur(n, gen, p=0.5, sigma_range=(0.1, 2.0), normalized=True):
@@ -257,27 +269,25 @@ def blur_kernels(sigma, normalized=True):
     return weights
 
 
-def _blur_samples(xs, sigma, normalized):
-    """Each sample's 15-tap kernel along time with zero padding, as 15 shifted multiply-adds
-    (on the CPU cheaper than a banded T x T matrix product or a depthwise convolution)."""
+def blur_along_time(xs, weights):
+    """Each sample's 15-tap kernel `weights` (k, 15) along time with zero padding, as 15 shifted
+    multiply-adds (on the CPU cheaper than a banded T x T matrix product or a depthwise
+    convolution)."""
     k, c, t = xs.shape[:3]
-    weights = blur_kernels(sigma, normalized).to(device=xs.device, dtype=xs.dtype)
+    weights = weights.to(device=xs.device, dtype=xs.dtype)
+    radius = weights.shape[1] // 2
     x = xs.reshape(k, c, t, -1)
-    tap = lambda offset: weights[:, BLUR_RADIUS + offset].view(k, 1, 1, 1)
+    tap = lambda offset: weights[:, radius + offset].view(k, 1, 1, 1)
     out = x * tap(0)
-    for j in range(1, min(BLUR_RADIUS, t - 1) + 1):
+    for j in range(1, min(radius, t - 1) + 1):
         out[:, :, :-j].addcmul_(x[:, :, j:], tap(j))     # out[t] += w_j * x[t + j]
         out[:, :, j:].addcmul_(x[:, :, :-j], tap(-j))    # out[t] += w_-j * x[t - j]
     return out.view(xs.shape)
 
 
 def apply_gaussian_blur(x, params):
-    return _where_applied(x, params.applied, _blur_fn(params))
-
-
-def _blur_fn(params):
-    sigma = params.sigma[params.applied]
-    return lambda xs: _blur_samples(xs, sigma, params.normalized)
+    weights = params.weights[params.applied]
+    return _where_applied(x, params.applied, lambda xs: blur_along_time(xs, weights))
 
 
 def draw_axis_mask(n, gen, p=0.5):
@@ -307,78 +317,3 @@ def draw_temporal_flip(n, gen, p=0.5):
 
 def apply_temporal_flip(x, params):
     return _where_applied(x, params.applied, lambda xs: xs.flip(2))
-
-
-# ----------------------------------------------------------------------------- composites
-
-def normal_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
-    """Temporal crop then shear; a parameter <= 0 disables its op (x may be returned as is)."""
-    _check_xyz(x)
-    n, _, t = x.shape[:3]
-    if temperal_padding_ratio > 0:
-        x = apply_temporal_crop(x, draw_temporal_crop(n, gen, t, temperal_padding_ratio))
-    if shear_amplitude > 0:
-        x = apply_shear(x, draw_shear(n, gen, shear_amplitude))
-    return x
-
-
-def parse_aug_method(aug_method):
-    """Op names in the order the digits are written; unknown digits raise ValueError."""
-    unknown = sorted(set(aug_method) - set(EXTREME_OPS))
-    if unknown:
-        raise ValueError(f'aug_method {aug_method!r} has unknown op ids {unknown}; '
-                         f'valid ids: {EXTREME_OPS}')
-    return [EXTREME_OPS[digit] for digit in aug_method]
-
-
-def _then(first, second):
-    """Per-sample matrix of applying `first` (may be None) and then `second`."""
-    return second if first is None else second @ first
-
-
-def extreme_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',
-                 layout=NTU, blur_normalized=True):
-    """Crop, shear, then the extreme ops of `aug_method` in the written order.
-
-    Equals applying the op-level functions in sequence with the same draws (drawn in that
-    order first). The coordinate maps (shear, rotate, axis mask) commute with the frame and
-    joint ops (flips, blur), so their product is applied once; noise added before a map is
-    passed through the maps that follow it instead (M (y + n) = M y + M n).
-    """
-    _check_xyz(x)
-    n, _, t, v = x.shape[:4]
-    layout = infer_layout(v, layout)
-    ops = parse_aug_method(aug_method)
-    crop = draw_temporal_crop(n, gen, t, temperal_padding_ratio) if temperal_padding_ratio > 0 else None
-    steps = [('map', draw_shear(n, gen, shear_amplitude))] if shear_amplitude > 0 else []
-    for op in ops:
-        if op == 'rotate':
-            steps.append(('map', draw_rotate(n, gen).matrix))
-        elif op == 'axis_mask':
-            steps.append(('map', axis_mask_matrices(draw_axis_mask(n, gen))))
-        elif op == 'spatial_flip':
-            params = draw_spatial_flip(n, gen, layout)
-            steps.append(('in_place', params.applied, lambda xs, p=params: permute_joints(xs, p.joint_map)))
-        elif op == 'temporal_flip':
-            steps.append(('in_place', draw_temporal_flip(n, gen).applied, lambda xs: xs.flip(2)))
-        elif op == 'gaussian_blur':
-            params = draw_gaussian_blur(n, gen, normalized=blur_normalized)
-            steps.append(('in_place', params.applied, _blur_fn(params)))
-        elif op == 'gaussian_noise':
-            steps.append(('noise', draw_gaussian_noise(n, gen, x.shape[1:])))
-    # the product of all maps, and for every noise the product of the maps after it
-    total, later = None, {}
-    for i in range(len(steps) - 1, -1, -1):
-        if steps[i][0] == 'noise':
-            later[i] = total
-        elif steps[i][0] == 'map':
-            total = steps[i][1] if total is None else total @ steps[i][1]
-    y = apply_temporal_crop(x, crop) if crop is not None else x.clone()   # updated in place below
-    for i, (kind, *item) in enumerate(steps):
-        if kind == 'in_place':
-            _update_applied_(y, *item)
-        elif kind == 'noise':
-            if total is not None:   # the first noise: all maps go on the clip now
-                y, total = apply_channel_matrix(y, total), None
-            _add_noise_(y, item[0], later[i])
-    return y if total is None else apply_channel_matrix(y, total)

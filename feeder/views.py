@@ -1,5 +1,5 @@
 """Turns a raw batch into the views a method asks for (`method.views`), batched on the device."""
-from feeder import ascal_augment, augment, crop_resize
+from feeder import ascal_augment, composite, crop_resize
 
 VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop', 'ascal1', 'ascal2')
 CROP_KINDS = ('crop_pose', 'crop_resize', 'center_crop')
@@ -18,8 +18,8 @@ def make_views(x, kinds, gen, view_args, lengths=None):
     if any(kind in CROP_KINDS for kind in kinds):
         lengths = crop_resize.valid_lengths(x) if lengths is None else lengths
         crop_resize.check_lengths(x, lengths)
-    views = []
-    for kind in kinds:
+    views, composite_views = [], {}   # normal / extreme: drawn in order, applied together
+    for position, kind in enumerate(kinds):
         if kind == 'raw':
             views.append(x)
         elif kind == 'crop_pose':
@@ -31,22 +31,29 @@ def make_views(x, kinds, gen, view_args, lengths=None):
         elif kind == 'center_crop':
             params = crop_resize.centre_crop(lengths, view_args.get('l_ratio', (0.95,))[0])
             views.append(crop_resize.apply_crop_resize(x, params, view_args.get('input_size', 64)))
-        elif kind == 'normal':
-            views.append(augment.normal_view(
-                x, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
-                temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6)))
         elif kind in ('ascal1', 'ascal2'):   # AS-CAL: transform strings aug1 / aug2
             views.append(ascal_augment.ascal_view(
                 x, gen, transform=view_args.get('aug' + kind[-1], ascal_augment.DEFAULT_TRANSFORM),
                 list_args=view_args.get('list_args', ascal_augment.DEFAULT_LIST_ARGS),
                 blur_normalized=view_args.get('blur_normalized', True)))
-        else:   # extreme
-            views.append(augment.extreme_view(
-                x, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
-                temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6),
-                aug_method=view_args.get('aug_method') or '12345',
-                layout=view_args.get('layout'),
-                blur_normalized=view_args.get('blur_normalized', True)))
+        else:
+            composite._check_xyz(x)
+            views.append(None)
+            if kind == 'normal':
+                composite_views[position] = composite.draw_normal(
+                    x.shape, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
+                    temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6))
+            else:   # extreme
+                composite_views[position] = composite.draw_extreme(
+                    x.shape, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
+                    temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6),
+                    aug_method=view_args.get('aug_method') or '12345',
+                    layout=view_args.get('layout'),
+                    blur_normalized=view_args.get('blur_normalized', True))
+    if composite_views:
+        made = composite.apply_views(x, list(composite_views.values()))
+        for position, view in zip(composite_views, made):
+            views[position] = view
     return views
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from feeder import augment as A
+from feeder import composite
 
 N, C, T, V, M = 16, 3, 50, 25, 2
 ATOL = 1e-5
@@ -149,7 +150,7 @@ def test_shear_entries_in_range_and_unit_diagonal():
 
 def test_normal_view_disabled_parameters_return_input():
     x = make_clips()
-    assert torch.equal(A.normal_view(x, gen(), shear_amplitude=-1, temperal_padding_ratio=-1), x)
+    assert torch.equal(composite.normal_view(x, gen(), shear_amplitude=-1, temperal_padding_ratio=-1), x)
 
 
 def test_normal_view_is_crop_then_shear():
@@ -158,7 +159,7 @@ def test_normal_view_is_crop_then_shear():
     crop = A.draw_temporal_crop(N, g, T, 6)
     shear = A.draw_shear(N, g, 0.5)
     expected = A.apply_shear(A.apply_temporal_crop(x, crop), shear)
-    assert torch.equal(A.normal_view(x, gen()), expected)
+    assert torch.equal(composite.normal_view(x, gen()), expected)
 
 
 # ----------------------------------------------------------------------------- extreme ops
@@ -299,44 +300,44 @@ def sequential_extreme(x, g, aug_method, layout='ntu-rgb+d', normalized=True):
 @pytest.mark.parametrize('aug_method', ['12345', '123456', '654321', '35', '53', '2', ''])
 def test_extreme_view_equals_sequential_ops(aug_method):
     x = make_clips()
-    fused = A.extreme_view(x, gen(), aug_method=aug_method)
+    fused = composite.extreme_view(x, gen(), aug_method=aug_method)
     close(fused, sequential_extreme(x, gen(), aug_method).numpy())
 
 
 def test_extreme_view_nw_ucla_layout_inferred_and_unnormalised_blur():
     x = make_clips(v=20)
-    fused = A.extreme_view(x, gen(), aug_method='14', layout=None, blur_normalized=False)
+    fused = composite.extreme_view(x, gen(), aug_method='14', layout=None, blur_normalized=False)
     close(fused, sequential_extreme(x, gen(), '14', 'nw-ucla', normalized=False).numpy())
 
 
 def test_extreme_view_respects_digit_order():
     x = make_clips()
-    assert not torch.allclose(A.extreme_view(x, gen(), aug_method='21'),
-                              A.extreme_view(x, gen(), aug_method='12'))
+    assert not torch.allclose(composite.extreme_view(x, gen(), aug_method='21'),
+                              composite.extreme_view(x, gen(), aug_method='12'))
     # noise before vs. after the axis mask: masked channel is exactly zero only in '35'
-    masked_after = A.extreme_view(x, gen(), aug_method='35', shear_amplitude=-1)
-    masked_before = A.extreme_view(x, gen(), aug_method='53', shear_amplitude=-1)
+    masked_after = composite.extreme_view(x, gen(), aug_method='35', shear_amplitude=-1)
+    masked_before = composite.extreme_view(x, gen(), aug_method='53', shear_amplitude=-1)
     assert not torch.allclose(masked_after, masked_before)
 
 
 def test_extreme_view_rejects_unknown_ids_and_bad_layout():
     x = make_clips()
     with pytest.raises(ValueError, match="'1237'"):
-        A.extreme_view(x, gen(), aug_method='1237')
+        composite.extreme_view(x, gen(), aug_method='1237')
     with pytest.raises(ValueError, match='V=17'):
-        A.extreme_view(make_clips(v=17), gen(), layout=None)
+        composite.extreme_view(make_clips(v=17), gen(), layout=None)
     with pytest.raises(ValueError, match='layout'):
-        A.extreme_view(x, gen(), layout='kinetics')
+        composite.extreme_view(x, gen(), layout='kinetics')
 
 
 def test_views_are_deterministic_per_seed_and_keep_input():
     x = make_clips()
     before = x.clone()
-    for view in (A.normal_view, A.extreme_view):
+    for view in (composite.normal_view, composite.extreme_view):
         assert torch.equal(view(x, gen(7)), view(x, gen(7)))
         assert not torch.equal(view(x, gen(7)), view(x, gen(8)))
     assert torch.equal(x, before)
-    assert A.extreme_view(x, gen()).dtype == torch.float32
+    assert composite.extreme_view(x, gen()).dtype == torch.float32
 
 
 def test_permute_joints_equals_index_for_any_map():
@@ -349,10 +350,10 @@ def test_permute_joints_equals_index_for_any_map():
 @pytest.mark.parametrize('aug_method', ['123456', '654321'])
 def test_views_match_across_devices(aug_method):
     x = make_clips()
-    cpu = A.extreme_view(x, gen(), aug_method=aug_method)
-    cuda = A.extreme_view(x.cuda(), gen(), aug_method=aug_method)
+    cpu = composite.extreme_view(x, gen(), aug_method=aug_method)
+    cuda = composite.extreme_view(x.cuda(), gen(), aug_method=aug_method)
     close(cuda.cpu(), cpu.numpy())
-    close(A.normal_view(x.cuda(), gen()).cpu(), A.normal_view(x, gen()).numpy())
+    close(composite.normal_view(x.cuda(), gen()).cpu(), composite.normal_view(x, gen()).numpy())
 
 
 

@@ -1,0 +1,155 @@
+"""Builds and calls the fused CPU view kernel (linear_map.c) with ctypes.
+
+The kernel is compiled on first use with the system C compiler (`$CC`, default `cc`) into a
+cache folder (`$SKELETON_SSL_CACHE`, default `~/.cache/skeleton-ssl`), under a name that hashes
+the source, the compiler and the flags, so an edit or another machine type builds anew. Without
+a compiler, or with `SKELETON_SSL_NATIVE=0`, `available()` is False and the views run as
+PyTorch ops (same values up to float rounding). The kernel only serves float32 CPU clips;
+CUDA always takes the PyTorch path.
+"""
+import contextlib
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+
+import numpy as np
+import torch
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'linear_map.c')
+_lock = threading.Lock()
+_state = {'loaded': False, 'function': None, 'enabled': True}
+
+
+def _cpu_flags():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compile_flags():
+    flags = ['-O3', '-shared', '-fPIC', '-std=c99']
+    if {'avx2', 'fma'} <= _cpu_flags():
+        flags += ['-mavx2', '-mfma']
+    return flags
+
+
+def _cache_dir():
+    return os.environ.get('SKELETON_SSL_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'skeleton-ssl')
+
+
+def _build():
+    """Path of the compiled library, building it when absent. Raises OSError / CalledProcessError."""
+    compiler = shutil.which(os.environ.get('CC', 'cc'))
+    if compiler is None:
+        raise OSError(f"no C compiler ({os.environ.get('CC', 'cc')!r} not on PATH)")
+    flags = _compile_flags()
+    with open(SOURCE, 'rb') as f:
+        source = f.read()
+    version = subprocess.run([compiler, '--version'], capture_output=True, timeout=30).stdout
+    key = hashlib.sha256(source + version + ' '.join(flags).encode()).hexdigest()[:16]
+    folder = _cache_dir()
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f'linear_map-{key}.so')
+    if not os.path.exists(path):   # build beside it, then rename: concurrent builders never see half a file
+        handle, partial = tempfile.mkstemp(suffix='.so', dir=folder)
+        os.close(handle)
+        try:
+            subprocess.run([compiler, *flags, SOURCE, '-o', partial], check=True, capture_output=True,
+                           timeout=120)
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    return path
+
+
+def _load():
+    with _lock:
+        if _state['loaded']:
+            return _state['function']
+        _state['loaded'] = True
+        if os.environ.get('SKELETON_SSL_NATIVE', '1') == '0':
+            return None
+        try:
+            function = ctypes.CDLL(_build()).apply_linear_map
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = getattr(error, 'stderr', b'') or b''
+            warnings.warn(f'fused CPU view kernel unavailable, using PyTorch ops: {error} '
+                          f'{detail.decode(errors="replace")[-500:]}')
+            return None
+        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        function.argtypes = [pointer, pointer, size, size, size, size, size, size, pointer,
+                             pointer, pointer, pointer, pointer, size, pointer, ctypes.c_int]
+        function.restype = ctypes.c_int
+        _state['function'] = function
+        return function
+
+
+def available():
+    return _state['enabled'] and _load() is not None
+
+
+def serves(x):
+    """True when the kernel applies to clips x: float32, contiguous, on the CPU."""
+    return x.device.type == 'cpu' and x.dtype == torch.float32 and x.is_contiguous() and available()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the block on the PyTorch path (tests compare the two)."""
+    before = _state['enabled']
+    _state['enabled'] = False
+    try:
+        yield
+    finally:
+        _state['enabled'] = before
+
+
+def _array(values, dtype):
+    return None if values is None else np.ascontiguousarray(values, dtype=dtype)
+
+
+def _address(array):
+    return None if array is None else array.ctypes.data
+
+
+def apply_linear_map(x, linear, out=None, dst_index=None):
+    """linear (feeder.augment.LinearMap, numpy fields) applied to x (n, 3, T, V, M), written to
+    a new tensor, or added to `out` at the samples `dst_index` (numpy long, one per sample of x)."""
+    function = _load()
+    n, _, t, v, m = x.shape
+    accumulate = out is not None
+    if out is None:
+        out = torch.empty_like(x)
+    frames = _array(linear.frames, np.int64)
+    joints = _array(linear.joints, np.int64)
+    channel = _array(linear.channel, np.float32)
+    if len(linear.blurs) > 1:
+        raise ValueError('the fused kernel applies at most one blur op; use LinearMap.apply_torch')
+    blur_slot = taps = None
+    radius = 0
+    if linear.blurs and len(linear.blurs[0][0]):
+        blurred, weights = linear.blurs[0]
+        blur_slot = np.full(n, -1, dtype=np.int64)
+        blur_slot[blurred] = np.arange(len(blurred))
+        taps = _array(weights, np.float32)
+        radius = taps.shape[1] // 2
+    dst_index = _array(dst_index, np.int64)
+    if dst_index is not None and len(dst_index) and (dst_index.min() < 0 or dst_index.max() >= out.shape[0]):
+        raise IndexError(f'dst_index outside the {out.shape[0]} output samples')
+    status = function(x.data_ptr(), out.data_ptr(), 0, n, t, t, v, m, _address(frames), _address(joints),
+                      _address(channel), _address(blur_slot), _address(taps), radius,
+                      _address(dst_index), int(accumulate))
+    if status != 0:
+        raise MemoryError('fused view kernel: scratch allocation failed')
+    return out
