@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from feeder import native
 from feeder.streams import NTU, NW_UCLA
 
 # Spatial "flip" swaps left/right joint labels; coordinates are not mirrored (reference quirk).
@@ -55,8 +56,10 @@ class RotateParams:
 
 @dataclass(frozen=True)
 class NoiseParams:
-    """The values come from a generator seeded by `seed` (drawn from the view generator), so
-    they can be drawn later, e.g. in a second thread while the other views are computed."""
+    """The values come from `seed` (drawn from the view generator): sample i's from stream i
+    of the fused kernel's generator (feeder/native), so the kernel can draw them where it adds
+    them; without the kernel, from a torch generator seeded by `seed` (other values, same
+    distribution)."""
     applied: torch.Tensor  # (n,) bool
     seed: int
     sample_shape: tuple    # (C, T, V, M)
@@ -64,6 +67,9 @@ class NoiseParams:
 
     def draw(self):
         """(applied.sum(), C, T, V, M) float32 noise; the same values on every call."""
+        if native.available():
+            return native.draw_normal(self.sample_shape, self.applied.nonzero().squeeze(1).numpy(),
+                                      self.seed, self.std)
         gen = torch.Generator().manual_seed(self.seed)
         return torch.empty(int(self.applied.sum()), *self.sample_shape).normal_(0.0, self.std, generator=gen)
 
@@ -105,6 +111,10 @@ def _uniform(shape, gen, low, high):
     return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
 
 
+# Parameter arithmetic on (n,)-sized arrays runs in numpy: there a torch op costs more than its
+# math. The random numbers themselves always come from `gen`.
+
+
 def _applied_index(applied, device):
     return applied.nonzero().squeeze(1).to(device)
 
@@ -136,12 +146,11 @@ def draw_temporal_crop(n, gen, num_frames, temperal_padding_ratio=6):
 
 def crop_frame_index(params, num_frames):
     """(n, T) source frame of every output frame: window of the symmetric-padded sequence."""
-    padded_pos = params.start[:, None] + torch.arange(num_frames) - params.pad
-    before = padded_pos < 0
-    after = padded_pos >= num_frames
+    padded_pos = params.start.numpy()[:, None] + np.arange(num_frames) - params.pad
     # symmetric padding duplicates the edge frame: -1 -> 0, -2 -> 1; T -> T-1, T+1 -> T-2
-    return torch.where(before, -padded_pos - 1,
-                       torch.where(after, 2 * num_frames - 1 - padded_pos, padded_pos))
+    frames = np.where(padded_pos < 0, -padded_pos - 1,
+                      np.where(padded_pos >= num_frames, 2 * num_frames - 1 - padded_pos, padded_pos))
+    return torch.from_numpy(frames)
 
 
 def apply_temporal_crop(x, params):
@@ -161,10 +170,12 @@ def gather_frames(x, frames):
 
 
 def draw_shear(n, gen, shear_amplitude=0.5):
-    alpha, beta = _uniform((2, n, 3), gen, -shear_amplitude, shear_amplitude).float()
-    (a0, a1, a2), (b0, b1, b2), one = alpha.T, beta.T, torch.ones(n)
+    alpha, beta = _uniform((2, n, 3), gen, -shear_amplitude, shear_amplitude).float().numpy()
     # S = [[1, a0, b0], [a1, 1, b1], [a2, b2, 1]]
-    return torch.stack([one, a0, b0, a1, one, b1, a2, b2, one], dim=1).view(n, 3, 3)
+    matrix = np.ones((n, 3, 3), dtype=np.float32)
+    matrix[:, [0, 1, 2], [1, 0, 0]] = alpha
+    matrix[:, [0, 1, 2], [2, 2, 1]] = beta
+    return torch.from_numpy(matrix)
 
 
 def apply_channel_matrix(x, matrix):
@@ -215,8 +226,8 @@ def draw_rotate(n, gen, main_max_deg=30.0, other_max_deg=1.0):
     axis = torch.randint(0, 3, (n,), generator=gen)
     main = _uniform(n, gen, 0.0, math.radians(main_max_deg))
     others = _uniform((n, 3), gen, 0.0, math.radians(other_max_deg))
-    angles = torch.where(torch.arange(3) == axis[:, None], main[:, None], others)
-    return RotateParams(axis, angles)
+    angles = np.where(np.arange(3) == axis.numpy()[:, None], main.numpy()[:, None], others.numpy())
+    return RotateParams(axis, torch.from_numpy(angles))
 
 
 def rotation_matrices(angles):
@@ -262,11 +273,11 @@ def draw_gaussian_blur(n, gen, p=0.5, sigma_range=(0.1, 2.0), normalized=True):
 
 def blur_kernels(sigma, normalized=True):
     """(n, 15) weights exp(-k^2 / 2 sigma^2), k = -7..7; the reference leaves them unnormalised."""
-    offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=torch.float64)
-    weights = torch.exp(-offsets ** 2 / (2 * sigma.double()[:, None] ** 2))
+    offsets = np.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=np.float64)
+    weights = np.exp(-offsets ** 2 / (2 * sigma.double().numpy()[:, None] ** 2))
     if normalized:
-        weights = weights / weights.sum(1, keepdim=True)
-    return weights
+        weights /= weights.sum(1, keepdims=True)
+    return torch.from_numpy(weights)
 
 
 def blur_along_time(xs, weights):
@@ -297,9 +308,11 @@ def draw_axis_mask(n, gen, p=0.5):
 
 def axis_mask_matrices(params):
     """(n, 3, 3) identity with the masked axis' diagonal entry zeroed where applied."""
-    keep = torch.ones(len(params.axis), 3)
-    keep[params.applied, params.axis[params.applied]] = 0.0
-    return torch.diag_embed(keep)
+    applied = params.applied.numpy()
+    matrices = np.broadcast_to(np.eye(3, dtype=np.float32), (len(applied), 3, 3)).copy()
+    axis = params.axis.numpy()[applied]
+    matrices[np.flatnonzero(applied), axis, axis] = 0.0
+    return torch.from_numpy(matrices)
 
 
 def apply_axis_mask(x, params):

@@ -8,13 +8,9 @@ it (L (y + e) = L y + L e). A map is applied in one pass per sample by the fused
 float rounding.
 
 Views are drawn first (`draw_normal`, `draw_extreme`: parameters in the order of the ops, from
-the CPU generator, so a seed gives the same views on every device) and then applied together
-(`apply_views`): on the CPU the noise values are drawn in a second thread while the kernel
-computes the clips.
+the CPU generator, so a seed gives the same views on every device) and then applied
+(`apply_views`); the kernel draws the noise values itself, sample by sample, where it adds them.
 """
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,29 +195,18 @@ def _compose(steps, linear):
     return linear
 
 
-_pool = {'pid': None, 'executor': None}
-_pool_lock = threading.Lock()
-
-
-def _background():
-    """One worker thread for noise draws (re-created in a forked child, where threads are gone)."""
-    with _pool_lock:
-        if _pool['pid'] != os.getpid():
-            _pool['pid'], _pool['executor'] = os.getpid(), ThreadPoolExecutor(1, thread_name_prefix='noise')
-        return _pool['executor']
-
-
 def apply_views(x, views):
     """The views of clips x (N, 3, T, V, M), in order. A view without a map is x itself."""
     fused = native.serves(x)
-    noises = [(i, params, later) for i, view in enumerate(views) for params, later in view.noises]
-    # on the CPU the kernel releases the GIL: the noise values are drawn meanwhile
-    pending = [_background().submit(params.draw) if fused else None for _, params, _ in noises]
     outs = [x if view.linear is None else view.linear.apply(x, fused=fused) for view in views]
-    for (i, params, later), future in zip(noises, pending):
-        noise = future.result() if future is not None else params.draw()
-        later.apply(noise.to(device=x.device, dtype=x.dtype), out=outs[i],
-                    index=np.flatnonzero(params.applied.numpy()), fused=fused)
+    for out, view in zip(outs, views):
+        for params, later in view.noises:
+            index = np.flatnonzero(params.applied.numpy())
+            if fused and len(later.blurs) <= 1:   # drawn in the kernel, never stored
+                native.add_mapped_noise(out, later, index, params.seed, params.std)
+            else:
+                noise = params.draw().to(device=x.device, dtype=x.dtype)
+                later.apply(noise, out=out, index=index, fused=fused)
     return outs
 
 

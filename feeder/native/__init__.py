@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import torch
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'linear_map.c')
 _lock = threading.Lock()
 _state = {'loaded': False, 'function': None, 'enabled': True}
+_pool = {'pid': None, 'executor': None}
 
 
 def _cpu_flags():
@@ -37,7 +39,7 @@ def _cpu_flags():
 
 
 def _compile_flags():
-    flags = ['-O3', '-shared', '-fPIC', '-std=c99']
+    flags = ['-O3', '-shared', '-fPIC', '-fno-math-errno']
     if {'avx2', 'fma'} <= _cpu_flags():
         flags += ['-mavx2', '-mfma']
     return flags
@@ -81,18 +83,21 @@ def _load():
         if os.environ.get('SKELETON_SSL_NATIVE', '1') == '0':
             return None
         try:
-            function = ctypes.CDLL(_build()).apply_linear_map
+            library = ctypes.CDLL(_build())
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, 'stderr', b'') or b''
             warnings.warn(f'fused CPU view kernel unavailable, using PyTorch ops: {error} '
                           f'{detail.decode(errors="replace")[-500:]}')
             return None
         pointer, size = ctypes.c_void_p, ctypes.c_int64
-        function.argtypes = [pointer, pointer, size, size, size, size, size, size, pointer,
-                             pointer, pointer, pointer, pointer, size, pointer, ctypes.c_int]
-        function.restype = ctypes.c_int
-        _state['function'] = function
-        return function
+        library.apply_linear_map.argtypes = [
+            pointer, pointer, size, size, size, size, size, size, pointer, pointer, pointer,
+            pointer, pointer, size, pointer, ctypes.c_int, ctypes.c_uint64, ctypes.c_float]
+        library.apply_linear_map.restype = ctypes.c_int
+        library.draw_normal.argtypes = [pointer, size, size, size, pointer, ctypes.c_uint64, ctypes.c_float]
+        library.draw_normal.restype = None
+        _state['function'] = library
+        return library
 
 
 def available():
@@ -123,14 +128,26 @@ def _address(array):
     return None if array is None else array.ctypes.data
 
 
-def apply_linear_map(x, linear, out=None, dst_index=None):
-    """linear (feeder.augment.LinearMap, numpy fields) applied to x (n, 3, T, V, M), written to
-    a new tensor, or added to `out` at the samples `dst_index` (numpy long, one per sample of x)."""
-    function = _load()
-    n, _, t, v, m = x.shape
-    accumulate = out is not None
-    if out is None:
-        out = torch.empty_like(x)
+def _threads():
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def _parallel(function, n, *args):
+    """function(begin, end, *args) over [0, n) split into one range per thread; the kernel
+    releases the GIL, so the ranges run at once (samples are independent: no shared writes)."""
+    threads = min(_threads(), n)
+    bounds = [n * i // threads for i in range(threads + 1)]
+    with _lock:
+        if _pool['pid'] != os.getpid() and threads > 1:   # threads do not survive a fork
+            _pool['pid'], _pool['executor'] = os.getpid(), ThreadPoolExecutor(max(1, _threads() - 1))
+    futures = [_pool['executor'].submit(function, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
+    results = [function(bounds[0], bounds[1], *args)] + [future.result() for future in futures]
+    failed = [status for status in results if status]
+    if failed:
+        raise MemoryError(f'fused view kernel failed (status {failed[0]}: scratch allocation)')
+
+
+def _map_arrays(linear, n):
     frames = _array(linear.frames, np.int64)
     joints = _array(linear.joints, np.int64)
     channel = _array(linear.channel, np.float32)
@@ -144,12 +161,47 @@ def apply_linear_map(x, linear, out=None, dst_index=None):
         blur_slot[blurred] = np.arange(len(blurred))
         taps = _array(weights, np.float32)
         radius = taps.shape[1] // 2
+    return frames, joints, channel, blur_slot, taps, radius
+
+
+def _run(linear, src, out, shape, dst_index, accumulate, seed=0, std=0.0):
+    library = _load()
+    n, _, t, v, m = shape
+    frames, joints, channel, blur_slot, taps, radius = _map_arrays(linear, n)
     dst_index = _array(dst_index, np.int64)
     if dst_index is not None and len(dst_index) and (dst_index.min() < 0 or dst_index.max() >= out.shape[0]):
         raise IndexError(f'dst_index outside the {out.shape[0]} output samples')
-    status = function(x.data_ptr(), out.data_ptr(), 0, n, t, t, v, m, _address(frames), _address(joints),
-                      _address(channel), _address(blur_slot), _address(taps), radius,
-                      _address(dst_index), int(accumulate))
-    if status != 0:
-        raise MemoryError('fused view kernel: scratch allocation failed')
+    arrays = [_address(a) for a in (frames, joints, channel, blur_slot, taps)]
+    _parallel(lambda begin, end: library.apply_linear_map(
+        src, out.data_ptr(), begin, end, t, t, v, m, *arrays[:5], radius, _address(dst_index),
+        int(accumulate), seed, std), n)
+
+
+def apply_linear_map(x, linear, out=None, dst_index=None):
+    """linear (feeder.composite.LinearMap, numpy fields) applied to x (n, 3, T, V, M), written
+    to a new tensor, or added to `out` at the samples `dst_index` (numpy int64, one per sample
+    of x)."""
+    accumulate = out is not None
+    if out is None:
+        out = torch.empty_like(x)
+    _run(linear, x.data_ptr(), out, x.shape, dst_index, accumulate)
+    return out
+
+
+def add_mapped_noise(out, linear, dst_index, seed, std):
+    """out[dst_index[i]] += linear(noise_i), noise_i ~ N(0, std^2) of shape out.shape[1:] drawn
+    in the kernel from the stream dst_index[i] of `seed` (the values `draw_normal` gives)."""
+    _run(linear, None, out, (len(dst_index), *out.shape[1:]), dst_index, True, seed, std)
+    return out
+
+
+def draw_normal(shape, ids, seed, std):
+    """(len(ids), *shape) float32 N(0, std^2) noise; row i from the stream ids[i] of `seed`."""
+    library = _load()
+    ids = _array(ids, np.int64)
+    out = torch.empty(len(ids), *shape)
+    size = int(np.prod(shape))
+    if len(ids):
+        _parallel(lambda begin, end: library.draw_normal(out.data_ptr(), begin, end, size, _address(ids), seed, std),
+                  len(ids))
     return out

@@ -140,28 +140,169 @@ static void one_sample(const float *src, float *dst, int64_t t_in, int64_t t_out
     }
 }
 
+/* ---------------------------------------------------------------- Gaussian noise
+ *
+ * Each sample's noise comes from its own stream, a splitmix64 sequence started from a hash of
+ * (seed, stream id), so values depend only on the seed and the sample, not on the threads or
+ * on which other samples get noise. Normals by Box-Muller, 8 pairs at a time: one 64-bit draw
+ * gives the radius (high 32 bits: u in (0, 1], tails to 6.6 sigma) and the angle (low 32 bits:
+ * a quadrant and a uniform offset within it), with the Cephes float polynomials for log, sin
+ * and cos (errors ~1e-7; tests/test_native.py compares them with a float64 Box-Muller of the
+ * same bits).
+ */
+typedef struct { uint64_t x; } stream_t;
+
+/* splitmix64 (Steele, Lea & Flood 2014): a Weyl sequence through a 64-bit mixer */
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t next64(stream_t *r)
+{
+    return mix64(r->x += 0x9E3779B97F4A7C15ull);
+}
+
+static void seed_stream(stream_t *r, uint64_t seed, uint64_t id)
+{
+    r->x = mix64(seed ^ mix64(id + 0x632BE59BD9B4E019ull));
+}
+
+typedef int32_t iblock __attribute__((vector_size(BLOCK * sizeof(int32_t))));
+
+static inline block splat(float value)
+{
+    block b;
+    for (int k = 0; k < BLOCK; k++)
+        b[k] = value;
+    return b;
+}
+
+static inline block sqrt_block(block b)   /* vectorised with -fno-math-errno */
+{
+    for (int k = 0; k < BLOCK; k++)
+        b[k] = sqrtf(b[k]);
+    return b;
+}
+
+static inline iblock as_int(block b) { iblock i; memcpy(&i, &b, sizeof(i)); return i; }
+static inline block as_float(iblock i) { block b; memcpy(&b, &i, sizeof(b)); return b; }
+
+/* natural log of u in [2^-32, 1] (Cephes logf) */
+static inline block log_block(block u)
+{
+    const iblock bits = as_int(u);
+    iblock exponent = ((bits >> 23) & 0xff) - 126;
+    block m = as_float((bits & 0x007fffff) | 0x3f000000);   /* u = m 2^exponent, m in [0.5, 1) */
+    const iblock small = m < splat(0.707106781186547524f);  /* -1 where true */
+    exponent += small;
+    const block x = m - splat(1.0f) + as_float(small & as_int(m));   /* small: 2m - 1 */
+    const block z = x * x;
+    block y = splat(7.0376836292E-2f);
+    y = y * x - splat(1.1514610310E-1f);
+    y = y * x + splat(1.1676998740E-1f);
+    y = y * x - splat(1.2420140846E-1f);
+    y = y * x + splat(1.4249322787E-1f);
+    y = y * x - splat(1.6668057665E-1f);
+    y = y * x + splat(2.0000714765E-1f);
+    y = y * x - splat(2.4999993993E-1f);
+    y = y * x + splat(3.3333331174E-1f);
+    const block e = __builtin_convertvector(exponent, block);
+    y = y * x * z + e * splat(-2.12194440e-4f) - splat(0.5f) * z;
+    return x + y + e * splat(0.693359375f);
+}
+
+/* 8 pairs of N(0, std^2) values from 8 64-bit draws */
+static void box_muller(const uint64_t *draws, float std, block *first, block *second)
+{
+    iblock high, low;
+    for (int k = 0; k < BLOCK; k++) {
+        high[k] = (int32_t)(draws[k] >> 33);                 /* 31 bits */
+        low[k] = (int32_t)(uint32_t)draws[k];
+    }
+    const block u = (__builtin_convertvector(high, block) + splat(0.5f)) * splat(4.656612873077392578125e-10f);
+    const block r = splat(std) * sqrt_block(splat(-2.0f) * log_block(u));
+    /* angle = quadrant * pi/2 + phi, phi uniform in [-pi/4, pi/4) */
+    const iblock quadrant = (low >> 30) & 3;
+    const block phi = (__builtin_convertvector((low >> 6) & 0xffffff, block) * splat(5.9604644775390625e-8f)
+                       - splat(0.5f)) * splat(1.57079632679489662f);
+    const block z = phi * phi;
+    const block sine = ((splat(-1.9515295891E-4f) * z + splat(8.3321608736E-3f)) * z - splat(1.6666654611E-1f)) * z * phi + phi;
+    const block cosine = ((splat(2.443315711809948E-5f) * z - splat(1.388731625493765E-3f)) * z
+                          + splat(4.166664568298827E-2f)) * z * z - splat(0.5f) * z + splat(1.0f);
+    /* rotate (cos phi, sin phi) by quadrant * pi/2: odd quadrants swap, signs by quadrant */
+    const iblock swap = -(quadrant & 1);
+    const iblock a = (as_int(cosine) & ~swap) | (as_int(sine) & swap);
+    const iblock b = (as_int(sine) & ~swap) | (as_int(cosine) & swap);
+    const iblock sign_a = ((quadrant + 1) & 2) << 30, sign_b = (quadrant & 2) << 30;
+    *first = r * as_float(a ^ sign_a);
+    *second = r * as_float(b ^ sign_b);
+}
+
+static void fill_normal(float *out, int64_t count, uint64_t seed, uint64_t id, float std)
+{
+    stream_t r;
+    seed_stream(&r, seed, id);
+    const int64_t pairs = (count + 1) / 2;   /* out = first values of the pairs, then the second */
+    for (int64_t done = 0; done < pairs; done += BLOCK) {
+        uint64_t draws[BLOCK];
+        for (int k = 0; k < BLOCK; k++)
+            draws[k] = next64(&r);
+        block first, second;
+        box_muller(draws, std, &first, &second);
+        for (int k = 0; k < BLOCK && done + k < pairs; k++) {
+            out[done + k] = first[k];
+            if (pairs + done + k < count)
+                out[pairs + done + k] = second[k];
+        }
+    }
+}
+
+/* Rows [begin, end) of out (., size): row i is `size` N(0, std^2) values of stream ids[i]. */
+void draw_normal(float *out, int64_t begin, int64_t end, int64_t size, const int64_t *ids,
+                 uint64_t seed, float std)
+{
+    for (int64_t i = begin; i < end; i++)
+        fill_normal(out + i * size, size, seed, (uint64_t)ids[i], std);
+}
+
+/* ---------------------------------------------------------------- entry points */
+
 /* Source samples [begin, end) of src (n, 3, t_in, v, m) into dst (., 3, t_out, v, m).
  * frames (n, t_out), joints (n, v), channel (n, 3, 3): per source sample, NULL = identity.
  * blur_slot (n): row of taps (k, 2 * radius + 1) blurring that sample, < 0 = no blur; NULL =
  * no sample blurred. dst_index (n): output sample of each source sample; NULL = the same.
  * accumulate: add to dst instead of overwriting it.
+ * src NULL: each source sample is instead noise, N(0, noise_std^2) from the stream of its
+ * output sample (as draw_normal with ids = dst_index), so noise never goes through memory.
  * Returns 0; -1 when the scratch buffer cannot be allocated, -2 when radius > MAX_RADIUS
  * (nothing written). */
 int apply_linear_map(const float *src, float *dst, int64_t begin, int64_t end, int64_t t_in,
                      int64_t t_out, int64_t v, int64_t m, const int64_t *frames,
                      const int64_t *joints, const float *channel, const int64_t *blur_slot,
-                     const float *taps, int64_t radius, const int64_t *dst_index, int accumulate)
+                     const float *taps, int64_t radius, const int64_t *dst_index, int accumulate,
+                     uint64_t noise_seed, float noise_std)
 {
     const int64_t row = v * m, in_size = C * t_in * row, out_size = C * t_out * row;
     if (radius > MAX_RADIUS)
         return -2;
-    float *scratch = malloc((size_t)((t_out + 1) * (C * row + BLOCK)) * sizeof(float));
+    /* scratch: the blur's frames, then (src == NULL) the sample's noise */
+    const int64_t blur_size = (t_out + 1) * (C * row + BLOCK);
+    float *scratch = malloc((size_t)(blur_size + (src ? 0 : in_size)) * sizeof(float));
     if (!scratch)
         return -1;
     for (int64_t i = begin; i < end; i++) {
         const int64_t slot = blur_slot ? blur_slot[i] : -1;
-        one_sample(src + i * in_size, dst + (dst_index ? dst_index[i] : i) * out_size, t_in,
-                   t_out, v, m, frames ? frames + i * t_out : NULL, joints ? joints + i * v : NULL,
+        const int64_t target = dst_index ? dst_index[i] : i;
+        const float *sample = src + i * in_size;
+        if (!src) {
+            fill_normal(scratch + blur_size, in_size, noise_seed, (uint64_t)target, noise_std);
+            sample = scratch + blur_size;
+        }
+        one_sample(sample, dst + target * out_size, t_in, t_out, v, m,
+                   frames ? frames + i * t_out : NULL, joints ? joints + i * v : NULL,
                    channel ? channel + i * C * C : NULL,
                    slot >= 0 ? taps + slot * (2 * radius + 1) : NULL, radius, accumulate, scratch);
     }
