@@ -11,6 +11,7 @@ Views are drawn first (`draw_normal`, `draw_extreme`: parameters in the order of
 the CPU generator, so a seed gives the same views on every device) and then applied
 (`apply_views`); the kernel draws the noise values itself, sample by sample, where it adds them.
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,29 +119,72 @@ class LinearMap:
 @dataclass
 class View:
     """How to make one view: `linear` of the clip (None: the clip itself), plus each noise draw
-    with the map of the ops after it."""
+    with the map of the ops after it. `ops`: the op-level parameters in the order applied
+    (('crop', CropParams), ('shear', matrices), (op name, params), ...), for checks."""
     linear: LinearMap = None
     noises: list = field(default_factory=list)   # [(augment.NoiseParams, LinearMap)]
+    ops: list = field(default_factory=list)
 
 
-def _crop_frames(n, t, gen, temperal_padding_ratio):
-    crop = augment.draw_temporal_crop(n, gen, t, temperal_padding_ratio)
-    if crop.pad > t:
-        raise ValueError(f'crop padding {crop.pad} exceeds T={t}')
-    return augment.crop_frame_index(crop, t).numpy()
+class _Uniforms:
+    """All uniforms of a view from one call on the generator, handed out column by column (a
+    dozen small draws cost more than the rest of the parameter arithmetic)."""
+
+    def __init__(self, n, gen, count):
+        self.values = torch.rand((n, count), generator=gen, dtype=torch.float64).numpy()
+        self.used = 0
+
+    def take(self, count=None):
+        width = 1 if count is None else count
+        columns = self.values[:, self.used:self.used + width]
+        self.used += width
+        return columns[:, 0] if count is None else columns
+
+    def integers(self, high):
+        """Uniform on {0, .., high - 1}."""
+        return np.minimum((self.take() * high).astype(np.int64), high - 1)
+
+    def coins(self, p=0.5):
+        return self.take() < p
+
+
+WIDTH = {'crop': 1, 'shear': 6, 'spatial_flip': 1, 'rotate': 5, 'gaussian_noise': 1,
+         'gaussian_blur': 2, 'axis_mask': 2, 'temporal_flip': 1}   # uniforms per sample
+
+
+def _crop(uniforms, n, t, temperal_padding_ratio):
+    pad = t // temperal_padding_ratio
+    if pad > t:
+        raise ValueError(f'crop padding {pad} exceeds T={t}')
+    params = augment.CropParams(torch.from_numpy(uniforms.integers(2 * pad + 1)), pad)
+    return params, augment.crop_frame_index(params, t).numpy()
+
+
+def _shear(uniforms, amplitude):
+    """[[1, a0, b0], [a1, 1, b1], [a2, b2, 1]], entries U(-amplitude, amplitude)."""
+    alpha, beta = np.split(uniforms.take(6) * (2 * amplitude) - amplitude, 2, axis=1)
+    matrix = np.ones((len(alpha), 3, 3))
+    matrix[:, [0, 1, 2], [1, 0, 0]] = alpha
+    matrix[:, [0, 1, 2], [2, 2, 1]] = beta
+    return matrix
 
 
 def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
     """Temporal crop then shear; a parameter <= 0 disables its op."""
     n, _, t, v = shape[:4]
-    if temperal_padding_ratio <= 0 and shear_amplitude <= 0:
+    crop, shear = temperal_padding_ratio > 0, shear_amplitude > 0
+    if not (crop or shear):
         return View()
-    linear = LinearMap(n, t, v)
-    if temperal_padding_ratio > 0:
-        linear.frames = _crop_frames(n, t, gen, temperal_padding_ratio)
-    if shear_amplitude > 0:
-        linear.map(augment.draw_shear(n, gen, shear_amplitude))
-    return View(linear)
+    uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear)
+    view = View(LinearMap(n, t, v))
+    if crop:
+        params, view.linear.frames = _crop(uniforms, n, t, temperal_padding_ratio)
+        view.ops.append(('crop', params))
+    if shear:
+        matrix = _shear(uniforms, shear_amplitude)
+        view.linear.map(matrix)
+        view.ops.append(('shear', torch.from_numpy(matrix)))
+    return view
 
 
 def parse_aug_method(aug_method):
@@ -154,44 +198,72 @@ def parse_aug_method(aug_method):
 
 def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',
                  layout=NTU, blur_normalized=True):
-    """Crop, shear, then the extreme ops of `aug_method` in the written order: the same draws,
-    in the same order, as the op-level functions of feeder/augment.py."""
+    """Crop, shear, then the extreme ops of `aug_method` in the written order, with the
+    distributions of the op-level draws in feeder/augment.py (AimCLR reference)."""
     n, _, t, v = shape[:4]
     layout = infer_layout(v, layout)
+    if layout not in augment.FLIP_MAPS:
+        raise ValueError(f'unknown layout {layout!r}; valid: {sorted(augment.FLIP_MAPS)}')
     ops = parse_aug_method(aug_method)
-    frames = _crop_frames(n, t, gen, temperal_padding_ratio) if temperal_padding_ratio > 0 else None
-    steps = [('map', augment.draw_shear(n, gen, shear_amplitude))] if shear_amplitude > 0 else []
+    crop, shear = temperal_padding_ratio > 0, shear_amplitude > 0
+    uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear + sum(WIDTH[op] for op in ops))
+    seeds = torch.randint(0, 2 ** 62, (ops.count('gaussian_noise'),), generator=gen).tolist()
+    view = View(LinearMap(n, t, v))
+    if crop:
+        params, view.linear.frames = _crop(uniforms, n, t, temperal_padding_ratio)
+        view.ops.append(('crop', params))
+    steps = []
+    if shear:
+        matrix = _shear(uniforms, shear_amplitude)
+        steps.append(('map', matrix))
+        view.ops.append(('shear', torch.from_numpy(matrix)))
     for op in ops:
         if op == 'rotate':
-            steps.append(('map', augment.draw_rotate(n, gen).matrix))
+            axis = uniforms.integers(3)
+            main = uniforms.take() * math.radians(30.0)
+            others = uniforms.take(3) * math.radians(1.0)
+            params = augment.RotateParams(torch.from_numpy(axis), torch.from_numpy(
+                np.where(np.arange(3) == axis[:, None], main[:, None], others)))
+            steps.append(('map', params.matrix.numpy()))
         elif op == 'axis_mask':
-            steps.append(('map', augment.axis_mask_matrices(augment.draw_axis_mask(n, gen))))
+            applied = uniforms.coins()
+            params = augment.AxisMaskParams(torch.from_numpy(applied), torch.from_numpy(uniforms.integers(3)))
+            steps.append(('map', augment.axis_mask_matrices(params).numpy()))
         elif op == 'spatial_flip':
-            steps.append(('joints', augment.draw_spatial_flip(n, gen, layout)))
+            params = augment.FlipParams(torch.from_numpy(uniforms.coins()), augment.FLIP_MAPS[layout])
+            steps.append(('joints', params))
         elif op == 'temporal_flip':
-            steps.append(('frames', augment.draw_temporal_flip(n, gen).applied))
+            params = augment.CoinParams(torch.from_numpy(uniforms.coins()))
+            steps.append(('frames', params.applied.numpy()))
         elif op == 'gaussian_blur':
-            steps.append(('blur', augment.draw_gaussian_blur(n, gen, normalized=blur_normalized)))
-        elif op == 'gaussian_noise':
-            steps.append(('noise', augment.draw_gaussian_noise(n, gen, shape[1:])))
-    view = View(_compose(steps, LinearMap(n, t, v, frames)))
+            applied = uniforms.coins()
+            params = augment.BlurParams(torch.from_numpy(applied), torch.from_numpy(uniforms.take() * 1.9 + 0.1),
+                                        blur_normalized)
+            steps.append(('blur', (applied, params.weights.numpy())))
+        else:   # gaussian_noise
+            params = augment.NoiseParams(torch.from_numpy(uniforms.coins()), seeds.pop(0), tuple(shape[1:]), 0.01)
+            steps.append(('noise', params))
+        view.ops.append((op, params))
+    _compose(steps, view.linear)
     for i, (kind, params) in enumerate(steps):
         if kind == 'noise' and params.applied.any():
             index = np.flatnonzero(params.applied.numpy())
-            view.noises.append((params, _compose(steps[i + 1:], LinearMap(n, t, v)).subset(index)))
+            view.noises.append((params, _compose(steps[i + 1:], LinearMap(len(index), t, v), index)))
     return view
 
 
-def _compose(steps, linear):
+def _compose(steps, linear, index=None):
+    """linear followed by the steps, for the samples `index` (default: all)."""
+    pick = (lambda values: values) if index is None else (lambda values: values[index])
     for kind, params in steps:
         if kind == 'map':
-            linear.map(params)
+            linear.map(pick(params))
         elif kind == 'frames':
-            linear.flip_frames(params.numpy())
+            linear.flip_frames(pick(params))
         elif kind == 'joints':
-            linear.permute_joints(params.applied.numpy(), params.joint_map)
+            linear.permute_joints(pick(params.applied.numpy()), params.joint_map)
         elif kind == 'blur':
-            linear.blur_with(params.applied.numpy(), params.weights.numpy())
+            linear.blur_with(pick(params[0]), pick(params[1]))
     return linear
 
 

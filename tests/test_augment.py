@@ -1,4 +1,5 @@
-"""Batched augmentations vs. slow per-sample numpy formulations written from the reference doc."""
+"""Batched augmentation ops vs. slow per-sample numpy formulations written from the reference doc
+(the composed views: tests/test_composite.py)."""
 import math
 
 import numpy as np
@@ -6,7 +7,6 @@ import pytest
 import torch
 
 from feeder import augment as A
-from feeder import composite
 
 N, C, T, V, M = 16, 3, 50, 25, 2
 ATOL = 1e-5
@@ -148,20 +148,6 @@ def test_shear_entries_in_range_and_unit_diagonal():
     assert off.abs().max() <= 0.3 and off.abs().max() > 0.29
 
 
-def test_normal_view_disabled_parameters_return_input():
-    x = make_clips()
-    assert torch.equal(composite.normal_view(x, gen(), shear_amplitude=-1, temperal_padding_ratio=-1), x)
-
-
-def test_normal_view_is_crop_then_shear():
-    x = make_clips()
-    g = gen()
-    crop = A.draw_temporal_crop(N, g, T, 6)
-    shear = A.draw_shear(N, g, 0.5)
-    expected = A.apply_shear(A.apply_temporal_crop(x, crop), shear)
-    assert torch.equal(composite.normal_view(x, gen()), expected)
-
-
 # ----------------------------------------------------------------------------- extreme ops
 
 @pytest.mark.parametrize('layout, v', [('ntu-rgb+d', 25), ('nw-ucla', 20)])
@@ -274,91 +260,7 @@ def test_coins_are_fair_and_independent_per_sample(draw):
     assert applied.dtype == torch.bool and applied.shape == (5000,)
 
 
-# ----------------------------------------------------------------------------- composites
-
-def sequential_extreme(x, g, aug_method, layout='ntu-rgb+d', normalized=True):
-    """The extreme view as plain op-by-op application, drawing in the same order."""
-    n, _, t = x.shape[:3]
-    x = A.apply_temporal_crop(x, A.draw_temporal_crop(n, g, t, 6))
-    x = A.apply_shear(x, A.draw_shear(n, g, 0.5))
-    for digit in aug_method:
-        if digit == '1':
-            x = A.apply_spatial_flip(x, A.draw_spatial_flip(n, g, layout))
-        elif digit == '2':
-            x = A.apply_rotate(x, A.draw_rotate(n, g))
-        elif digit == '3':
-            x = A.apply_gaussian_noise(x, A.draw_gaussian_noise(n, g, x.shape[1:]))
-        elif digit == '4':
-            x = A.apply_gaussian_blur(x, A.draw_gaussian_blur(n, g, normalized=normalized))
-        elif digit == '5':
-            x = A.apply_axis_mask(x, A.draw_axis_mask(n, g))
-        elif digit == '6':
-            x = A.apply_temporal_flip(x, A.draw_temporal_flip(n, g))
-    return x
-
-
-@pytest.mark.parametrize('aug_method', ['12345', '123456', '654321', '35', '53', '2', ''])
-def test_extreme_view_equals_sequential_ops(aug_method):
-    x = make_clips()
-    fused = composite.extreme_view(x, gen(), aug_method=aug_method)
-    close(fused, sequential_extreme(x, gen(), aug_method).numpy())
-
-
-def test_extreme_view_nw_ucla_layout_inferred_and_unnormalised_blur():
-    x = make_clips(v=20)
-    fused = composite.extreme_view(x, gen(), aug_method='14', layout=None, blur_normalized=False)
-    close(fused, sequential_extreme(x, gen(), '14', 'nw-ucla', normalized=False).numpy())
-
-
-def test_extreme_view_respects_digit_order():
-    x = make_clips()
-    assert not torch.allclose(composite.extreme_view(x, gen(), aug_method='21'),
-                              composite.extreme_view(x, gen(), aug_method='12'))
-    # noise before vs. after the axis mask: masked channel is exactly zero only in '35'
-    masked_after = composite.extreme_view(x, gen(), aug_method='35', shear_amplitude=-1)
-    masked_before = composite.extreme_view(x, gen(), aug_method='53', shear_amplitude=-1)
-    assert not torch.allclose(masked_after, masked_before)
-
-
-def test_extreme_view_rejects_unknown_ids_and_bad_layout():
-    x = make_clips()
-    with pytest.raises(ValueError, match="'1237'"):
-        composite.extreme_view(x, gen(), aug_method='1237')
-    with pytest.raises(ValueError, match='V=17'):
-        composite.extreme_view(make_clips(v=17), gen(), layout=None)
-    with pytest.raises(ValueError, match='layout'):
-        composite.extreme_view(x, gen(), layout='kinetics')
-
-
-def test_views_are_deterministic_per_seed_and_keep_input():
-    x = make_clips()
-    before = x.clone()
-    for view in (composite.normal_view, composite.extreme_view):
-        assert torch.equal(view(x, gen(7)), view(x, gen(7)))
-        assert not torch.equal(view(x, gen(7)), view(x, gen(8)))
-    assert torch.equal(x, before)
-    assert composite.extreme_view(x, gen()).dtype == torch.float32
-
-
 def test_permute_joints_equals_index_for_any_map():
     x = make_clips()
     joint_map = tuple(torch.randperm(V, generator=gen()).tolist())
     assert torch.equal(A.permute_joints(x, joint_map), x[:, :, :, list(joint_map)])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-@pytest.mark.parametrize('aug_method', ['123456', '654321'])
-def test_views_match_across_devices(aug_method):
-    x = make_clips()
-    cpu = composite.extreme_view(x, gen(), aug_method=aug_method)
-    cuda = composite.extreme_view(x.cuda(), gen(), aug_method=aug_method)
-    close(cuda.cpu(), cpu.numpy())
-    close(composite.normal_view(x.cuda(), gen()).cpu(), composite.normal_view(x, gen()).numpy())
-
-
-
-def test_unknown_view_kind_is_a_clear_error():
-    from feeder import views as V
-    with pytest.raises(ValueError, match="unknown view kind 'sideways'"):
-        V.make_views(make_clips(), ('normal', 'sideways'), torch.Generator(), {})
-
