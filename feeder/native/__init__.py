@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -24,7 +23,6 @@ import torch
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'linear_map.c')
 _lock = threading.Lock()
 _state = {'loaded': False, 'function': None, 'enabled': True}
-_pool = {'pid': None, 'executor': None}
 
 
 def _cpu_flags():
@@ -39,7 +37,7 @@ def _cpu_flags():
 
 
 def _compile_flags():
-    flags = ['-O3', '-shared', '-fPIC', '-fno-math-errno']
+    flags = ['-O3', '-shared', '-fPIC', '-pthread', '-fno-math-errno']
     if {'avx2', 'fma'} <= _cpu_flags():
         flags += ['-mavx2', '-mfma']
     return flags
@@ -89,12 +87,12 @@ def _load():
             warnings.warn(f'fused CPU view kernel unavailable, using PyTorch ops: {error} '
                           f'{detail.decode(errors="replace")[-500:]}')
             return None
-        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        pointer, size, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         library.apply_linear_map.argtypes = [
-            pointer, pointer, size, size, size, size, size, size, pointer, pointer, pointer,
-            pointer, pointer, size, pointer, ctypes.c_int, ctypes.c_uint64, ctypes.c_float]
-        library.apply_linear_map.restype = ctypes.c_int
-        library.draw_normal.argtypes = [pointer, size, size, size, pointer, ctypes.c_uint64, ctypes.c_float]
+            pointer, pointer, size, size, size, size, size, pointer, pointer, pointer, pointer,
+            pointer, size, pointer, flag, ctypes.c_uint64, ctypes.c_float, flag]
+        library.apply_linear_map.restype = flag
+        library.draw_normal.argtypes = [pointer, size, size, pointer, ctypes.c_uint64, ctypes.c_float, flag]
         library.draw_normal.restype = None
         _state['function'] = library
         return library
@@ -132,21 +130,6 @@ def _threads():
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def _parallel(function, n, *args):
-    """function(begin, end, *args) over [0, n) split into one range per thread; the kernel
-    releases the GIL, so the ranges run at once (samples are independent: no shared writes)."""
-    threads = min(_threads(), n)
-    bounds = [n * i // threads for i in range(threads + 1)]
-    with _lock:
-        if _pool['pid'] != os.getpid() and threads > 1:   # threads do not survive a fork
-            _pool['pid'], _pool['executor'] = os.getpid(), ThreadPoolExecutor(max(1, _threads() - 1))
-    futures = [_pool['executor'].submit(function, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
-    results = [function(bounds[0], bounds[1], *args)] + [future.result() for future in futures]
-    failed = [status for status in results if status]
-    if failed:
-        raise MemoryError(f'fused view kernel failed (status {failed[0]}: scratch allocation)')
-
-
 def _map_arrays(linear, n):
     frames = _array(linear.frames, np.int64)
     joints = _array(linear.joints, np.int64)
@@ -165,16 +148,17 @@ def _map_arrays(linear, n):
 
 
 def _run(linear, src, out, shape, dst_index, accumulate, seed=0, std=0.0):
-    library = _load()
     n, _, t, v, m = shape
     frames, joints, channel, blur_slot, taps, radius = _map_arrays(linear, n)
     dst_index = _array(dst_index, np.int64)
     if dst_index is not None and len(dst_index) and (dst_index.min() < 0 or dst_index.max() >= out.shape[0]):
         raise IndexError(f'dst_index outside the {out.shape[0]} output samples')
-    arrays = [_address(a) for a in (frames, joints, channel, blur_slot, taps)]
-    _parallel(lambda begin, end: library.apply_linear_map(
-        src, out.data_ptr(), begin, end, t, t, v, m, *arrays[:5], radius, _address(dst_index),
-        int(accumulate), seed, std), n)
+    status = _load().apply_linear_map(
+        src, out.data_ptr(), n, t, t, v, m, _address(frames), _address(joints), _address(channel),
+        _address(blur_slot), _address(taps), radius, _address(dst_index), int(accumulate), seed, std,
+        _threads())
+    if status:
+        raise MemoryError(f'fused view kernel failed (status {status}: scratch allocation)')
 
 
 def apply_linear_map(x, linear, out=None, dst_index=None):
@@ -197,11 +181,8 @@ def add_mapped_noise(out, linear, dst_index, seed, std):
 
 def draw_normal(shape, ids, seed, std):
     """(len(ids), *shape) float32 N(0, std^2) noise; row i from the stream ids[i] of `seed`."""
-    library = _load()
     ids = _array(ids, np.int64)
     out = torch.empty(len(ids), *shape)
-    size = int(np.prod(shape))
     if len(ids):
-        _parallel(lambda begin, end: library.draw_normal(out.data_ptr(), begin, end, size, _address(ids), seed, std),
-                  len(ids))
+        _load().draw_normal(out.data_ptr(), len(ids), int(np.prod(shape)), _address(ids), seed, std, _threads())
     return out

@@ -12,6 +12,7 @@
  * identity. The function is reentrant: callers may run disjoint sample ranges in parallel.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,52 +261,152 @@ static void fill_normal(float *out, int64_t count, uint64_t seed, uint64_t id, f
     }
 }
 
-/* Rows [begin, end) of out (., size): row i is `size` N(0, std^2) values of stream ids[i]. */
-void draw_normal(float *out, int64_t begin, int64_t end, int64_t size, const int64_t *ids,
-                 uint64_t seed, float std)
+/* ---------------------------------------------------------------- entry points
+ *
+ * Samples are independent, so each call splits its samples into `threads` contiguous ranges
+ * and runs them on POSIX threads created for the call (no pool survives into a fork()ed
+ * worker). Python releases the GIL around the call (ctypes).
+ */
+typedef struct {
+    const float *src;
+    float *dst;
+    int64_t t_in, t_out, v, m, radius;
+    const int64_t *frames, *joints, *blur_slot, *dst_index;
+    const float *channel, *taps;
+    int accumulate;
+    uint64_t noise_seed;
+    float noise_std;
+    /* draw_normal */
+    float *out;
+    int64_t size;
+    const int64_t *ids;
+} job_t;
+
+typedef struct {
+    const job_t *job;
+    int64_t begin, end;
+    int (*run)(const job_t *, int64_t, int64_t);
+    int status;
+} range_t;
+
+static void *run_range(void *arg)
 {
-    for (int64_t i = begin; i < end; i++)
-        fill_normal(out + i * size, size, seed, (uint64_t)ids[i], std);
+    range_t *range = arg;
+    range->status = range->run(range->job, range->begin, range->end);
+    return NULL;
 }
 
-/* ---------------------------------------------------------------- entry points */
+#define MAX_THREADS 64
 
-/* Source samples [begin, end) of src (n, 3, t_in, v, m) into dst (., 3, t_out, v, m).
+static int run_parallel(const job_t *job, int64_t n, int threads,
+                        int (*run)(const job_t *, int64_t, int64_t))
+{
+    if (threads < 1)
+        threads = 1;
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    if (threads > n)
+        threads = n > 0 ? (int)n : 1;
+    range_t ranges[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int k = 0; k < threads; k++)
+        ranges[k] = (range_t){job, n * k / threads, n * (k + 1) / threads, run, 0};
+    for (int k = 1; k < threads; k++)   /* a thread that fails to start runs inline below */
+        started[k] = pthread_create(&ids[k], NULL, run_range, &ranges[k]) == 0;
+    run_range(&ranges[0]);
+    int status = ranges[0].status;
+    for (int k = 1; k < threads; k++) {
+        if (started[k])
+            pthread_join(ids[k], NULL);
+        else
+            run_range(&ranges[k]);
+        if (ranges[k].status)
+            status = ranges[k].status;
+    }
+    return status;
+}
+
+static int draw_range(const job_t *job, int64_t begin, int64_t end)
+{
+    for (int64_t i = begin; i < end; i++)
+        fill_normal(job->out + i * job->size, job->size, job->noise_seed, (uint64_t)job->ids[i],
+                    job->noise_std);
+    return 0;
+}
+
+/* out (n, size): row i is `size` N(0, std^2) values of the stream ids[i] of `seed`. */
+void draw_normal(float *out, int64_t n, int64_t size, const int64_t *ids, uint64_t seed,
+                 float std, int threads)
+{
+    job_t job = {0};
+    job.out = out;
+    job.size = size;
+    job.ids = ids;
+    job.noise_seed = seed;
+    job.noise_std = std;
+    run_parallel(&job, n, threads, draw_range);
+}
+
+static int map_range(const job_t *job, int64_t begin, int64_t end)
+{
+    const int64_t row = job->v * job->m, in_size = C * job->t_in * row, out_size = C * job->t_out * row;
+    /* scratch: the blur's frames, then (src == NULL) the sample's noise */
+    const int64_t blur_size = (job->t_out + 1) * (C * row + BLOCK);
+    float *scratch = malloc((size_t)(blur_size + (job->src ? 0 : in_size)) * sizeof(float));
+    if (!scratch)
+        return -1;
+    for (int64_t i = begin; i < end; i++) {
+        const int64_t slot = job->blur_slot ? job->blur_slot[i] : -1;
+        const int64_t target = job->dst_index ? job->dst_index[i] : i;
+        const float *sample = job->src + i * in_size;
+        if (!job->src) {
+            fill_normal(scratch + blur_size, in_size, job->noise_seed, (uint64_t)target, job->noise_std);
+            sample = scratch + blur_size;
+        }
+        one_sample(sample, job->dst + target * out_size, job->t_in, job->t_out, job->v, job->m,
+                   job->frames ? job->frames + i * job->t_out : NULL,
+                   job->joints ? job->joints + i * job->v : NULL,
+                   job->channel ? job->channel + i * C * C : NULL,
+                   slot >= 0 ? job->taps + slot * (2 * job->radius + 1) : NULL, job->radius,
+                   job->accumulate, scratch);
+    }
+    free(scratch);
+    return 0;
+}
+
+/* The n source samples of src (n, 3, t_in, v, m) into dst (., 3, t_out, v, m).
  * frames (n, t_out), joints (n, v), channel (n, 3, 3): per source sample, NULL = identity.
  * blur_slot (n): row of taps (k, 2 * radius + 1) blurring that sample, < 0 = no blur; NULL =
  * no sample blurred. dst_index (n): output sample of each source sample; NULL = the same.
  * accumulate: add to dst instead of overwriting it.
  * src NULL: each source sample is instead noise, N(0, noise_std^2) from the stream of its
  * output sample (as draw_normal with ids = dst_index), so noise never goes through memory.
- * Returns 0; -1 when the scratch buffer cannot be allocated, -2 when radius > MAX_RADIUS
- * (nothing written). */
-int apply_linear_map(const float *src, float *dst, int64_t begin, int64_t end, int64_t t_in,
-                     int64_t t_out, int64_t v, int64_t m, const int64_t *frames,
-                     const int64_t *joints, const float *channel, const int64_t *blur_slot,
-                     const float *taps, int64_t radius, const int64_t *dst_index, int accumulate,
-                     uint64_t noise_seed, float noise_std)
+ * Returns 0; -1 when a scratch buffer cannot be allocated, -2 when radius > MAX_RADIUS. */
+int apply_linear_map(const float *src, float *dst, int64_t n, int64_t t_in, int64_t t_out,
+                     int64_t v, int64_t m, const int64_t *frames, const int64_t *joints,
+                     const float *channel, const int64_t *blur_slot, const float *taps,
+                     int64_t radius, const int64_t *dst_index, int accumulate,
+                     uint64_t noise_seed, float noise_std, int threads)
 {
-    const int64_t row = v * m, in_size = C * t_in * row, out_size = C * t_out * row;
     if (radius > MAX_RADIUS)
         return -2;
-    /* scratch: the blur's frames, then (src == NULL) the sample's noise */
-    const int64_t blur_size = (t_out + 1) * (C * row + BLOCK);
-    float *scratch = malloc((size_t)(blur_size + (src ? 0 : in_size)) * sizeof(float));
-    if (!scratch)
-        return -1;
-    for (int64_t i = begin; i < end; i++) {
-        const int64_t slot = blur_slot ? blur_slot[i] : -1;
-        const int64_t target = dst_index ? dst_index[i] : i;
-        const float *sample = src + i * in_size;
-        if (!src) {
-            fill_normal(scratch + blur_size, in_size, noise_seed, (uint64_t)target, noise_std);
-            sample = scratch + blur_size;
-        }
-        one_sample(sample, dst + target * out_size, t_in, t_out, v, m,
-                   frames ? frames + i * t_out : NULL, joints ? joints + i * v : NULL,
-                   channel ? channel + i * C * C : NULL,
-                   slot >= 0 ? taps + slot * (2 * radius + 1) : NULL, radius, accumulate, scratch);
-    }
-    free(scratch);
-    return 0;
+    job_t job = {0};
+    job.src = src;
+    job.dst = dst;
+    job.t_in = t_in;
+    job.t_out = t_out;
+    job.v = v;
+    job.m = m;
+    job.radius = radius;
+    job.frames = frames;
+    job.joints = joints;
+    job.blur_slot = blur_slot;
+    job.dst_index = dst_index;
+    job.channel = channel;
+    job.taps = taps;
+    job.accumulate = accumulate;
+    job.noise_seed = noise_seed;
+    job.noise_std = noise_std;
+    return run_parallel(&job, n, threads, map_range);
 }
