@@ -146,11 +146,16 @@ def draw_temporal_crop(n, gen, num_frames, temperal_padding_ratio=6):
 
 def crop_frame_index(params, num_frames):
     """(n, T) source frame of every output frame: window of the symmetric-padded sequence."""
-    padded_pos = params.start.numpy()[:, None] + np.arange(num_frames) - params.pad
+    return torch.from_numpy(crop_frames(params.start.numpy(), params.pad, num_frames))
+
+
+def crop_frames(start, pad, num_frames):
+    """numpy (n, T) frame index of the crop windows starting at `start` (n,) in the sequence
+    padded by `pad` frames on each side."""
+    padded_pos = start[:, None] + np.arange(num_frames) - pad
     # symmetric padding duplicates the edge frame: -1 -> 0, -2 -> 1; T -> T-1, T+1 -> T-2
-    frames = np.where(padded_pos < 0, -padded_pos - 1,
-                      np.where(padded_pos >= num_frames, 2 * num_frames - 1 - padded_pos, padded_pos))
-    return torch.from_numpy(frames)
+    return np.where(padded_pos < 0, -padded_pos - 1,
+                    np.where(padded_pos >= num_frames, 2 * num_frames - 1 - padded_pos, padded_pos))
 
 
 def apply_temporal_crop(x, params):
@@ -232,7 +237,11 @@ def draw_rotate(n, gen, main_max_deg=30.0, other_max_deg=1.0):
 
 def rotation_matrices(angles):
     """(n, 3, 3) = Rz @ Ry @ Rx: rotate about x, then y, then z (reference matrices)."""
-    a = angles.double().numpy()
+    return torch.from_numpy(rotation_products(angles.double().numpy()).astype(np.float32))
+
+
+def rotation_products(a):
+    """numpy float64 (n, 3, 3) Rz @ Ry @ Rx of the angles a (n, 3)."""
     cos, sin = np.cos(a), np.sin(a)
     n = len(a)
     rx, ry, rz = (np.zeros((n, 3, 3)) for _ in range(3))
@@ -245,7 +254,7 @@ def rotation_matrices(angles):
     c, s = cos[:, 2], sin[:, 2]
     rz[:, 2, 2] = 1
     rz[:, 0, 0], rz[:, 0, 1], rz[:, 1, 0], rz[:, 1, 1] = c, s, -s, c
-    return torch.from_numpy((rz @ ry @ rx).astype(np.float32))
+    return rz @ ry @ rx
 
 
 def apply_rotate(x, params):
@@ -273,11 +282,16 @@ def draw_gaussian_blur(n, gen, p=0.5, sigma_range=(0.1, 2.0), normalized=True):
 
 def blur_kernels(sigma, normalized=True):
     """(n, 15) weights exp(-k^2 / 2 sigma^2), k = -7..7; the reference leaves them unnormalised."""
+    return torch.from_numpy(gaussian_taps(sigma.double().numpy(), normalized))
+
+
+def gaussian_taps(sigma, normalized=True):
+    """numpy (n, 15) of blur_kernels."""
     offsets = np.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=np.float64)
-    weights = np.exp(-offsets ** 2 / (2 * sigma.double().numpy()[:, None] ** 2))
+    weights = np.exp(-offsets ** 2 / (2 * sigma[:, None] ** 2))
     if normalized:
         weights /= weights.sum(1, keepdims=True)
-    return torch.from_numpy(weights)
+    return weights
 
 
 def blur_along_time(xs, weights):
@@ -308,11 +322,16 @@ def draw_axis_mask(n, gen, p=0.5):
 
 def axis_mask_matrices(params):
     """(n, 3, 3) identity with the masked axis' diagonal entry zeroed where applied."""
-    applied = params.applied.numpy()
-    matrices = np.broadcast_to(np.eye(3, dtype=np.float32), (len(applied), 3, 3)).copy()
-    axis = params.axis.numpy()[applied]
-    matrices[np.flatnonzero(applied), axis, axis] = 0.0
-    return torch.from_numpy(matrices)
+    return torch.from_numpy(axis_masks(params.applied.numpy(), params.axis.numpy()).astype(np.float32))
+
+
+def axis_masks(applied, axis):
+    """numpy float64 (n, 3, 3) of axis_mask_matrices."""
+    matrices = np.zeros((len(applied), 3, 3))
+    matrices[:, [0, 1, 2], [0, 1, 2]] = 1.0
+    index = np.flatnonzero(applied)
+    matrices[index, axis[index], axis[index]] = 0.0
+    return matrices
 
 
 def apply_axis_mask(x, params):

@@ -152,25 +152,25 @@ WIDTH = {'crop': 1, 'shear': 6, 'spatial_flip': 1, 'rotate': 5, 'gaussian_noise'
          'gaussian_blur': 2, 'axis_mask': 2, 'temporal_flip': 1}   # uniforms per sample
 
 
-def _crop(uniforms, n, t, temperal_padding_ratio):
+def _crop(uniforms, t, temperal_padding_ratio):
     pad = t // temperal_padding_ratio
     if pad > t:
         raise ValueError(f'crop padding {pad} exceeds T={t}')
-    params = augment.CropParams(torch.from_numpy(uniforms.integers(2 * pad + 1)), pad)
-    return params, augment.crop_frame_index(params, t).numpy()
+    start = uniforms.integers(2 * pad + 1)
+    return start, pad, augment.crop_frames(start, pad, t)
 
 
 def _shear(uniforms, amplitude):
     """[[1, a0, b0], [a1, 1, b1], [a2, b2, 1]], entries U(-amplitude, amplitude)."""
-    alpha, beta = np.split(uniforms.take(6) * (2 * amplitude) - amplitude, 2, axis=1)
-    matrix = np.ones((len(alpha), 3, 3))
-    matrix[:, [0, 1, 2], [1, 0, 0]] = alpha
-    matrix[:, [0, 1, 2], [2, 2, 1]] = beta
+    entries = uniforms.take(6) * (2 * amplitude) - amplitude
+    matrix = np.ones((len(entries), 3, 3))
+    matrix[:, [0, 1, 2, 0, 1, 2], [1, 0, 0, 2, 2, 1]] = entries
     return matrix
 
 
-def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
-    """Temporal crop then shear; a parameter <= 0 disables its op."""
+def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, record=False):
+    """Temporal crop then shear; a parameter <= 0 disables its op. record: keep the op-level
+    parameters in `View.ops`."""
     n, _, t, v = shape[:4]
     crop, shear = temperal_padding_ratio > 0, shear_amplitude > 0
     if not (crop or shear):
@@ -178,12 +178,14 @@ def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
     uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear)
     view = View(LinearMap(n, t, v))
     if crop:
-        params, view.linear.frames = _crop(uniforms, n, t, temperal_padding_ratio)
-        view.ops.append(('crop', params))
+        start, pad, view.linear.frames = _crop(uniforms, t, temperal_padding_ratio)
+        if record:
+            view.ops.append(('crop', augment.CropParams(torch.from_numpy(start), pad)))
     if shear:
         matrix = _shear(uniforms, shear_amplitude)
         view.linear.map(matrix)
-        view.ops.append(('shear', torch.from_numpy(matrix)))
+        if record:
+            view.ops.append(('shear', torch.from_numpy(matrix)))
     return view
 
 
@@ -197,9 +199,10 @@ def parse_aug_method(aug_method):
 
 
 def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',
-                 layout=NTU, blur_normalized=True):
+                 layout=NTU, blur_normalized=True, record=False):
     """Crop, shear, then the extreme ops of `aug_method` in the written order, with the
-    distributions of the op-level draws in feeder/augment.py (AimCLR reference)."""
+    distributions of the op-level draws in feeder/augment.py (AimCLR reference). record: keep
+    the op-level parameters in `View.ops`."""
     n, _, t, v = shape[:4]
     layout = infer_layout(v, layout)
     if layout not in augment.FLIP_MAPS:
@@ -209,61 +212,68 @@ def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_
     uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear + sum(WIDTH[op] for op in ops))
     seeds = torch.randint(0, 2 ** 62, (ops.count('gaussian_noise'),), generator=gen).tolist()
     view = View(LinearMap(n, t, v))
+    tensor = torch.from_numpy
     if crop:
-        params, view.linear.frames = _crop(uniforms, n, t, temperal_padding_ratio)
-        view.ops.append(('crop', params))
+        start, pad, view.linear.frames = _crop(uniforms, t, temperal_padding_ratio)
+        if record:
+            view.ops.append(('crop', augment.CropParams(tensor(start), pad)))
     steps = []
     if shear:
         matrix = _shear(uniforms, shear_amplitude)
         steps.append(('map', matrix))
-        view.ops.append(('shear', torch.from_numpy(matrix)))
+        if record:
+            view.ops.append(('shear', tensor(matrix)))
     for op in ops:
         if op == 'rotate':
             axis = uniforms.integers(3)
             main = uniforms.take() * math.radians(30.0)
-            others = uniforms.take(3) * math.radians(1.0)
-            params = augment.RotateParams(torch.from_numpy(axis), torch.from_numpy(
-                np.where(np.arange(3) == axis[:, None], main[:, None], others)))
-            steps.append(('map', params.matrix.numpy()))
+            angles = uniforms.take(3) * math.radians(1.0)
+            angles[np.arange(n), axis] = main
+            steps.append(('map', augment.rotation_products(angles)))
+            params = lambda: augment.RotateParams(tensor(axis), tensor(angles))
         elif op == 'axis_mask':
-            applied = uniforms.coins()
-            params = augment.AxisMaskParams(torch.from_numpy(applied), torch.from_numpy(uniforms.integers(3)))
-            steps.append(('map', augment.axis_mask_matrices(params).numpy()))
+            applied, axis = uniforms.coins(), uniforms.integers(3)
+            steps.append(('map', augment.axis_masks(applied, axis)))
+            params = lambda: augment.AxisMaskParams(tensor(applied), tensor(axis))
         elif op == 'spatial_flip':
-            params = augment.FlipParams(torch.from_numpy(uniforms.coins()), augment.FLIP_MAPS[layout])
-            steps.append(('joints', params))
-        elif op == 'temporal_flip':
-            params = augment.CoinParams(torch.from_numpy(uniforms.coins()))
-            steps.append(('frames', params.applied.numpy()))
-        elif op == 'gaussian_blur':
             applied = uniforms.coins()
-            params = augment.BlurParams(torch.from_numpy(applied), torch.from_numpy(uniforms.take() * 1.9 + 0.1),
-                                        blur_normalized)
-            steps.append(('blur', (applied, params.weights.numpy())))
+            steps.append(('joints', (applied, augment.FLIP_MAPS[layout])))
+            params = lambda: augment.FlipParams(tensor(applied), augment.FLIP_MAPS[layout])
+        elif op == 'temporal_flip':
+            applied = uniforms.coins()
+            steps.append(('frames', applied))
+            params = lambda: augment.CoinParams(tensor(applied))
+        elif op == 'gaussian_blur':
+            applied, sigma = uniforms.coins(), uniforms.take() * 1.9 + 0.1
+            steps.append(('blur', (applied, augment.gaussian_taps(sigma, blur_normalized))))
+            params = lambda: augment.BlurParams(tensor(applied), tensor(sigma), blur_normalized)
         else:   # gaussian_noise
-            params = augment.NoiseParams(torch.from_numpy(uniforms.coins()), seeds.pop(0), tuple(shape[1:]), 0.01)
-            steps.append(('noise', params))
-        view.ops.append((op, params))
+            applied = uniforms.coins()
+            noise = augment.NoiseParams(tensor(applied), seeds.pop(0), tuple(shape[1:]), 0.01)
+            steps.append(('noise', (applied, noise)))
+            params = lambda: noise
+        if record:   # the op-level parameter objects, built only for checks
+            view.ops.append((op, params()))
     _compose(steps, view.linear)
-    for i, (kind, params) in enumerate(steps):
-        if kind == 'noise' and params.applied.any():
-            index = np.flatnonzero(params.applied.numpy())
-            view.noises.append((params, _compose(steps[i + 1:], LinearMap(len(index), t, v), index)))
+    for i, (kind, item) in enumerate(steps):
+        if kind == 'noise' and item[0].any():
+            index = np.flatnonzero(item[0])
+            view.noises.append((item[1], _compose(steps[i + 1:], LinearMap(len(index), t, v), index)))
     return view
 
 
 def _compose(steps, linear, index=None):
     """linear followed by the steps, for the samples `index` (default: all)."""
     pick = (lambda values: values) if index is None else (lambda values: values[index])
-    for kind, params in steps:
+    for kind, item in steps:
         if kind == 'map':
-            linear.map(pick(params))
+            linear.map(pick(item))
         elif kind == 'frames':
-            linear.flip_frames(pick(params))
+            linear.flip_frames(pick(item))
         elif kind == 'joints':
-            linear.permute_joints(pick(params.applied.numpy()), params.joint_map)
+            linear.permute_joints(pick(item[0]), item[1])
         elif kind == 'blur':
-            linear.blur_with(pick(params[0]), pick(params[1]))
+            linear.blur_with(pick(item[0]), pick(item[1]))
     return linear
 
 

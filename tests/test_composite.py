@@ -67,14 +67,14 @@ def both_backends(fn):
 @pytest.mark.parametrize('aug_method', ['12345', '123456', '654321', '35', '53', '2', '', '44', '343', '66'])
 def test_extreme_view_equals_sequential_ops(aug_method):
     x = make_clips()
-    view = composite.draw_extreme(x.shape, gen(), aug_method=aug_method)
+    view = composite.draw_extreme(x.shape, gen(), aug_method=aug_method, record=True)
     for out, expected in both_backends(lambda: (composite.apply_views(x, [view])[0], sequential(x, view.ops))):
         close(out, expected)
 
 
 def test_normal_view_is_crop_then_shear_and_disabled_returns_input():
     x = make_clips()
-    view = composite.draw_normal(x.shape, gen())
+    view = composite.draw_normal(x.shape, gen(), record=True)
     assert [name for name, _ in view.ops] == ['crop', 'shear']
     for out, expected in both_backends(lambda: (composite.apply_views(x, [view])[0], sequential(x, view.ops))):
         close(out, expected)
@@ -83,7 +83,8 @@ def test_normal_view_is_crop_then_shear_and_disabled_returns_input():
 
 def test_nw_ucla_layout_inferred_single_body_and_unnormalised_blur():
     x = make_clips(v=20, m=1)
-    view = composite.draw_extreme(x.shape, gen(), aug_method='14', layout=None, blur_normalized=False)
+    view = composite.draw_extreme(x.shape, gen(), aug_method='14', layout=None, blur_normalized=False,
+                                  record=True)
     assert view.ops[2][1].joint_map == A.NW_UCLA_FLIP_MAP and not view.ops[3][1].normalized
     for out, expected in both_backends(lambda: (composite.apply_views(x, [view])[0], sequential(x, view.ops))):
         close(out, expected)
@@ -93,7 +94,8 @@ def test_digit_order_matters_and_noise_before_mask_is_masked():
     x = make_clips()
     assert not torch.allclose(composite.extreme_view(x, gen(), aug_method='21'),
                               composite.extreme_view(x, gen(), aug_method='12'))
-    view = composite.draw_extreme(x.shape, gen(), aug_method='35', shear_amplitude=-1, temperal_padding_ratio=-1)
+    view = composite.draw_extreme(x.shape, gen(), aug_method='35', shear_amplitude=-1, temperal_padding_ratio=-1,
+                                  record=True)
     out = composite.apply_views(x, [view])[0]
     mask = view.ops[1][1]
     masked = mask.applied.nonzero().squeeze(1)
@@ -126,7 +128,7 @@ def test_bad_aug_method_layout_and_shape_are_clear_errors():
 
 def test_parameter_distributions():
     n = 20000
-    view = composite.draw_extreme((n, 3, 60, 25, 2), gen(), aug_method='123456')
+    view = composite.draw_extreme((n, 3, 60, 25, 2), gen(), aug_method='123456', record=True)
     ops = dict(view.ops)
     start = ops['crop'].start
     assert ops['crop'].pad == 10 and start.min() == 0 and start.max() == 20
