@@ -253,6 +253,11 @@ static void fill_normal(float *out, int64_t count, uint64_t seed, uint64_t id, f
             draws[k] = next64(&r);
         block first, second;
         box_muller(draws, std, &first, &second);
+        if (pairs + done + BLOCK <= count) {   /* whole blocks: two vector stores */
+            memcpy(out + done, &first, sizeof(first));
+            memcpy(out + pairs + done, &second, sizeof(second));
+            continue;
+        }
         for (int k = 0; k < BLOCK && done + k < pairs; k++) {
             out[done + k] = first[k];
             if (pairs + done + k < count)
