@@ -19,10 +19,19 @@
 
 #define C 3
 #define BLOCK 8        /* floats per register block of the blur */
+#define GROUP 4        /* blocks accumulated side by side */
 #define MAX_RADIUS 32  /* longest blur kernel: 2 * 32 + 1 taps */
 
 /* 8 floats as one value: one AVX register where the target has it (GCC/Clang extension) */
 typedef float block __attribute__((vector_size(BLOCK * sizeof(float))));
+
+static inline block splat(float value)
+{
+    block b;
+    for (int k = 0; k < BLOCK; k++)
+        b[k] = value;
+    return b;
+}
 
 /* out[:] (=|+=) a * r0[:] + b * r1[:] + d * r2[:] */
 static void mix_row(float *restrict out, const float *restrict r0, const float *restrict r1,
@@ -75,7 +84,7 @@ static int is_identity(const int64_t *joints, int64_t v)
 
 /* One sample: dst[c, t] (=|+=) sum_c' map[c, c'] blur(src[c', frames, joints])[t], where blur
  * is the 15-tap (2 * radius + 1) kernel `taps` along time with zero padding, or none.
- * scratch holds (T + 1) * (3 * V * M + BLOCK) floats. */
+ * scratch holds (T + 1) * (3 * V * M + GROUP * BLOCK) floats. */
 static void one_sample(const float *src, float *dst, int64_t t_in, int64_t t_out, int64_t v,
                        int64_t m, const int64_t *frames, const int64_t *joints,
                        const float *channel, const float *taps, int64_t radius, int accumulate,
@@ -100,7 +109,7 @@ static void one_sample(const float *src, float *dst, int64_t t_in, int64_t t_out
     /* Blurred: gather every frame with its 3 channels side by side (gathered[t] = 3 rows,
      * padded to whole blocks of 8 floats), then each output frame is a weighted sum of up to
      * 2 * radius + 1 gathered frames, accumulated 8 floats at a time in registers. */
-    const int64_t stride = (wide + BLOCK - 1) / BLOCK * BLOCK;
+    const int64_t stride = (wide + GROUP * BLOCK - 1) / (GROUP * BLOCK) * (GROUP * BLOCK);
     float *gathered = scratch + stride;
     for (int64_t t = 0; t < t_out; t++) {
         float *frame = gathered + t * stride;
@@ -127,13 +136,18 @@ static void one_sample(const float *src, float *dst, int64_t t_in, int64_t t_out
             source[count] = gathered + s * stride;
             weight[count++] = w;
         }
-        for (int64_t j = 0; j < stride; j += BLOCK) {
-            block sum = {0}, value;
+        /* GROUP blocks at once: independent sums, so the multiply-adds of one tap overlap
+         * instead of waiting on each other's latency */
+        for (int64_t j = 0; j < stride; j += GROUP * BLOCK) {
+            block sum[GROUP] = {{0}}, value;
             for (int64_t k = 0; k < count; k++) {
-                memcpy(&value, source[k] + j, sizeof(value));   /* unaligned load */
-                sum += weight[k] * value;
+                const block w = splat(weight[k]);
+                for (int g = 0; g < GROUP; g++) {
+                    memcpy(&value, source[k] + j + g * BLOCK, sizeof(value));   /* unaligned load */
+                    sum[g] += w * value;
+                }
             }
-            memcpy(acc + j, &sum, sizeof(sum));
+            memcpy(acc + j, sum, sizeof(sum));
         }
         for (int64_t c = 0; c < C; c++)
             mix_row(dst + (c * t_out + t) * row, acc, acc + row, acc + 2 * row,
@@ -172,14 +186,6 @@ static void seed_stream(stream_t *r, uint64_t seed, uint64_t id)
 }
 
 typedef int32_t iblock __attribute__((vector_size(BLOCK * sizeof(int32_t))));
-
-static inline block splat(float value)
-{
-    block b;
-    for (int k = 0; k < BLOCK; k++)
-        b[k] = value;
-    return b;
-}
 
 static inline block sqrt_block(block b)   /* vectorised with -fno-math-errno */
 {
@@ -357,7 +363,7 @@ static int map_range(const job_t *job, int64_t begin, int64_t end)
 {
     const int64_t row = job->v * job->m, in_size = C * job->t_in * row, out_size = C * job->t_out * row;
     /* scratch: the blur's frames, then (src == NULL) the sample's noise */
-    const int64_t blur_size = (job->t_out + 1) * (C * row + BLOCK);
+    const int64_t blur_size = (job->t_out + 1) * (C * row + GROUP * BLOCK);
     float *scratch = malloc((size_t)(blur_size + (job->src ? 0 : in_size)) * sizeof(float));
     if (!scratch)
         return -1;
