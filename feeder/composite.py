@@ -5,7 +5,7 @@ joints (spatial flip), time (blur) or coordinates (shear, rotation, axis mask). 
 `LinearMap` of the clip, plus every noise draw passed through the map of the ops written after
 it (L (y + e) = L y + L e). A map is applied in one pass per sample by the fused CPU kernel
 (feeder/native) or as a few batched PyTorch ops (CUDA, or no C compiler): same values up to
-float rounding.
+float rounding (without the kernel the noise values come from a torch generator instead).
 
 Views are drawn first (`draw_normal`, `draw_extreme`: parameters in the order of the ops, from
 the CPU generator, so a seed gives the same views on every device) and then applied
@@ -66,16 +66,6 @@ class LinearMap:
         index = np.flatnonzero(np.asarray(applied))
         self.blurs.append((index, np.asarray(weights, dtype=np.float32)[index]))
         return self
-
-    def subset(self, index):
-        """The map of the samples `index` (ascending numpy int64), renumbered 0..len-1."""
-        linear = LinearMap(len(index), self.num_frames, self.num_joints)
-        pick = lambda values: None if values is None else values[index]
-        linear.frames, linear.joints, linear.channel = pick(self.frames), pick(self.joints), pick(self.channel)
-        for blurred, weights in self.blurs:
-            inside = np.isin(blurred, index)
-            linear.blurs.append((np.searchsorted(index, blurred[inside]), weights[inside]))
-        return linear
 
     # ------------------------------------------------------------------ application
 

@@ -271,3 +271,15 @@ def test_unknown_view_kind_is_a_clear_error():
     from feeder import views
     with pytest.raises(ValueError, match="unknown view kind 'sideways'"):
         views.make_views(make_clips(), ('normal', 'sideways'), torch.Generator(), {})
+
+
+@needs_kernel
+def test_kernel_checks_what_it_would_trust():
+    x = make_clips(n=4, t=8, v=5)
+    linear = composite.LinearMap(4, 8, 5, np.full((4, 8), 8))   # frame 8 of 8
+    with pytest.raises(IndexError, match='frames'):
+        native.apply_linear_map(x, linear)
+    with pytest.raises(ValueError, match='float32'):
+        native.apply_linear_map(x.double(), composite.LinearMap(4, 8, 5))
+    with pytest.raises(ValueError, match='repeats'):
+        native.add_mapped_noise(torch.zeros(4, 3, 8, 5, 2), composite.LinearMap(2, 8, 5), np.array([1, 1]), 0, 1.0)

@@ -4,8 +4,9 @@ The kernel is compiled on first use with the system C compiler (`$CC`, default `
 cache folder (`$SKELETON_SSL_CACHE`, default `~/.cache/skeleton-ssl`), under a name that hashes
 the source, the compiler and the flags, so an edit or another machine type builds anew. Without
 a compiler, or with `SKELETON_SSL_NATIVE=0`, `available()` is False and the views run as
-PyTorch ops (same values up to float rounding). The kernel only serves float32 CPU clips;
-CUDA always takes the PyTorch path.
+PyTorch ops: the same values up to float rounding, except the Gaussian noise, whose values then
+come from a torch generator (same distribution). The kernel serves float32 contiguous CPU
+clips; CUDA clips take the PyTorch path (with the kernel's noise values, drawn on the CPU).
 """
 import contextlib
 import ctypes
@@ -22,7 +23,9 @@ import torch
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'linear_map.c')
 _lock = threading.Lock()
-_state = {'loaded': False, 'function': None, 'enabled': True}
+_state = {'loaded': False, 'library': None, 'enabled': True}
+_CPUS = os.cpu_count() or 1
+_STATUS = {-1: 'scratch allocation failed', -2: 'blur kernel longer than the 65 taps the kernel supports'}
 
 
 def _cpu_flags():
@@ -76,7 +79,7 @@ def _build():
 def _load():
     with _lock:
         if _state['loaded']:
-            return _state['function']
+            return _state['library']
         _state['loaded'] = True
         if os.environ.get('SKELETON_SSL_NATIVE', '1') == '0':
             return None
@@ -94,7 +97,7 @@ def _load():
         library.apply_linear_map.restype = flag
         library.draw_normal.argtypes = [pointer, size, size, pointer, ctypes.c_uint64, ctypes.c_float, flag]
         library.draw_normal.restype = None
-        _state['function'] = library
+        _state['library'] = library
         return library
 
 
@@ -126,20 +129,41 @@ def _address(array):
     return None if array is None else array.ctypes.data
 
 
-def _threads():
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+def _threads(n):
+    """torch's thread count, but at least 16 samples per thread (a thread costs ~20 us)."""
+    return max(1, min(torch.get_num_threads(), _CPUS, n // 16))
 
 
-def _map_arrays(linear, n):
+def _check_clips(x, name):
+    if x.dim() != 5 or x.shape[1] != 3 or x.dtype != torch.float32 or not x.is_contiguous() \
+            or x.device.type != 'cpu':
+        raise ValueError(f'{name}: the fused kernel takes contiguous float32 CPU clips (N, 3, T, V, M), '
+                         f'got {x.dtype} {tuple(x.shape)} on {x.device}'
+                         f'{"" if x.is_contiguous() else ", not contiguous"}')
+
+
+def _check_range(values, high, what):
+    if values is not None and values.size and (values.min() < 0 or values.max() >= high):
+        raise IndexError(f'{what} outside [0, {high})')
+
+
+def _map_arrays(linear, n, t, v):
+    """The map's fields as the kernel reads them, checked: it trusts every index."""
     frames = _array(linear.frames, np.int64)
     joints = _array(linear.joints, np.int64)
     channel = _array(linear.channel, np.float32)
+    for name, values, shape in (('frames', frames, (n, t)), ('joints', joints, (n, v)), ('channel', channel, (n, 3, 3))):
+        if values is not None and values.shape != shape:
+            raise ValueError(f'LinearMap.{name}: expected shape {shape}, got {values.shape}')
+    _check_range(frames, t, 'LinearMap.frames')
+    _check_range(joints, v, 'LinearMap.joints')
     if len(linear.blurs) > 1:
         raise ValueError('the fused kernel applies at most one blur op; use LinearMap.apply_torch')
     blur_slot = taps = None
     radius = 0
     if linear.blurs and len(linear.blurs[0][0]):
         blurred, weights = linear.blurs[0]
+        _check_range(blurred, n, 'LinearMap.blurs sample index')
         blur_slot = np.full(n, -1, dtype=np.int64)
         blur_slot[blurred] = np.arange(len(blurred))
         taps = _array(weights, np.float32)
@@ -149,22 +173,32 @@ def _map_arrays(linear, n):
 
 def _run(linear, src, out, shape, dst_index, accumulate, seed=0, std=0.0):
     n, _, t, v, m = shape
-    frames, joints, channel, blur_slot, taps, radius = _map_arrays(linear, n)
+    _check_clips(out, 'out')
+    if tuple(out.shape[1:]) != tuple(shape[1:]):
+        raise ValueError(f'out: samples of shape {tuple(shape[1:])} expected, got {tuple(out.shape[1:])}')
+    frames, joints, channel, blur_slot, taps, radius = _map_arrays(linear, n, t, v)
     dst_index = _array(dst_index, np.int64)
-    if dst_index is not None and len(dst_index) and (dst_index.min() < 0 or dst_index.max() >= out.shape[0]):
-        raise IndexError(f'dst_index outside the {out.shape[0]} output samples')
+    if dst_index is not None:
+        if len(dst_index) != n:
+            raise ValueError(f'dst_index: one output sample per source sample ({n}), got {len(dst_index)}')
+        _check_range(dst_index, out.shape[0], 'dst_index')
+        if len(np.unique(dst_index)) != n:   # threads would add to one sample at once
+            raise ValueError('dst_index repeats an output sample')
+    elif out.shape[0] < n:
+        raise ValueError(f'out has {out.shape[0]} samples, the source {n}')
     status = _load().apply_linear_map(
         src, out.data_ptr(), n, t, t, v, m, _address(frames), _address(joints), _address(channel),
         _address(blur_slot), _address(taps), radius, _address(dst_index), int(accumulate), seed, std,
-        _threads())
+        _threads(n))
     if status:
-        raise MemoryError(f'fused view kernel failed (status {status}: scratch allocation)')
+        raise RuntimeError(f'fused view kernel: {_STATUS.get(status, f"status {status}")}')
 
 
 def apply_linear_map(x, linear, out=None, dst_index=None):
     """linear (feeder.composite.LinearMap, numpy fields) applied to x (n, 3, T, V, M), written
     to a new tensor, or added to `out` at the samples `dst_index` (numpy int64, one per sample
     of x)."""
+    _check_clips(x, 'x')
     accumulate = out is not None
     if out is None:
         out = torch.empty_like(x)
@@ -184,5 +218,6 @@ def draw_normal(shape, ids, seed, std):
     ids = _array(ids, np.int64)
     out = torch.empty(len(ids), *shape)
     if len(ids):
-        _load().draw_normal(out.data_ptr(), len(ids), int(np.prod(shape)), _address(ids), seed, std, _threads())
+        _load().draw_normal(out.data_ptr(), len(ids), int(np.prod(shape)), _address(ids), seed, std,
+                            _threads(len(ids)))
     return out
