@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 
 # glibc mallopt parameters
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 
 
 def _libc():
@@ -25,18 +25,23 @@ def _libc():
         return None
 
 
-def keep_freed_memory(mmap_below=32 << 20, trim_above=256 << 20):
-    """Ask glibc to serve CPU tensors below `mmap_below` bytes (32 MB, its maximum) from the heap
-    and to keep up to `trim_above` bytes of freed heap instead of returning it to the OS.
+def keep_freed_memory(trim_above=2 ** 31 - 1):
+    """Ask glibc to serve CPU tensors from its heap instead of fresh mmap'ed memory (threads other
+    than the main one still map requests larger than their 64 MB heaps) and to keep up to
+    `trim_above` bytes (default 2 GB, mallopt's maximum) of freed heap instead of returning it to
+    the OS.
 
-    By default a freed multi-MB tensor goes back to the OS and the next one of that size
-    page-faults on every page when first written; in this project's VMs that made the batched
-    view pipeline about 1.5-2x slower (docs/PERFORMANCE.md). Returns False where there is no
-    glibc (macOS, Windows, musl): nothing changes there."""
+    By default glibc maps each allocation above 32 MB (and, after a free, smaller ones) fresh
+    from the OS and unmaps it on free, so the next tensor of that size page-faults on every page
+    when first written; in this project's VMs that made the batched view pipeline about 1.5-2x
+    slower and an AimCLR step at the reference size ~30 % slower (docs/PERFORMANCE.md). The
+    resident memory then stays near its peak, as with a caching allocator. Returns False where
+    there is no glibc (macOS, Windows, musl): nothing changes there."""
     mallopt = getattr(_libc(), 'mallopt', None)
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(mallopt(M_TRIM_THRESHOLD, trim_above))
+    return all(bool(mallopt(param, value)) for param, value in (
+        (M_MMAP_THRESHOLD, 32 << 20), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_above)))
 
 
 def release_freed_memory():
