@@ -148,21 +148,27 @@ def now():
     return time.perf_counter()
 
 
-def timed(fn, device, steps):
-    """(warm-up seconds, median seconds of `steps` further calls, peak memory MB)."""
-    synchronize(device)
-    start = now()
-    fn()
-    synchronize(device)
-    warmup = now() - start
-    times = []
-    with PeakMemory(device) as mem:
+def timed(fn, device, steps, memory=True, warmups=1):
+    """(seconds of the first of `warmups` warm-up calls, median seconds of `steps` further
+    calls, peak memory MB or None). The warm-ups run inside the memory window: it starts by
+    returning the memory kept from earlier rows to the OS, and the warm-up refills the heap as
+    training's first step does, so the timed calls are steady-state ones. memory=False: no
+    memory sampling (its thread would weigh on millisecond calls such as the views)."""
+    with PeakMemory(device) if memory else contextlib.nullcontext() as mem:
+        synchronize(device)
+        start = now()
+        fn()
+        synchronize(device)
+        warmup = now() - start
+        for _ in range(warmups - 1):
+            fn()
+        times = []
         for _ in range(steps):
             start = now()
             fn()
             synchronize(device)
             times.append(now() - start)
-    return warmup, statistics.median(times), mem.peak
+    return warmup, statistics.median(times), mem.peak if memory else None
 
 
 def count_flops(fn):
@@ -298,7 +304,7 @@ def run_row(name, args, device, amp, peak_gflops):
     warmup, seconds, peak = timed(step, device, args.steps)
     aug = None
     if augment is not None:
-        _, aug_seconds, _ = timed(augment, device, max(args.steps, 5))
+        _, aug_seconds, _ = timed(augment, device, max(args.steps, 10), memory=False, warmups=3)
         aug = batch / aug_seconds
     rate = batch / seconds
     gflop = flops / batch / 1e9
@@ -404,12 +410,13 @@ def main(argv=None):
     rows = []
     x = torch.randn(args.batch, 3, args.frames, 25, 2, device=device)
     gen = torch.Generator().manual_seed(0)
-    _, aug_s, _ = timed(lambda: make_views(x, ('extreme', 'normal', 'normal'), gen, VIEW_ARGS), device, 10)
+    _, aug_s, _ = timed(lambda: make_views(x, ('extreme', 'normal', 'normal'), gen, VIEW_ARGS), device, 20,
+                        memory=False, warmups=5)
     aug_row = {'method': 'augment_extreme+2normal', 'device': device.type, 'batch_size': args.batch,
                'aug_clips_per_s': args.batch / aug_s, 'train_samples_per_s': None, 'peak_mem_mb': None,
                'gflop_per_sample': None}
     print(f'batched augmentation, AimCLR views (extreme + 2 normal), batch {args.batch}: '
-          f'{aug_row["aug_clips_per_s"]:,.0f} clips/s (median of 10)', flush=True)
+          f'{aug_row["aug_clips_per_s"]:,.0f} clips/s (median of 20)', flush=True)
     for name in [m.strip() for m in args.methods.split(',') if m.strip()]:
         if name not in EVAL_ROWS and name not in REFERENCE_ROWS and name not in MODELS:
             print(f'skip {name}: no such method or row')

@@ -29,7 +29,7 @@ def keep_freed_memory(trim_above=2 ** 31 - 1):
     """Ask glibc to serve CPU tensors from its heap instead of fresh mmap'ed memory (threads other
     than the main one still map requests larger than their 64 MB heaps) and to keep up to
     `trim_above` bytes (default 2 GB, mallopt's maximum) of freed heap instead of returning it to
-    the OS.
+    the OS. SKELETON_SSL_KEEP_MEMORY=0 leaves glibc's defaults (lower resident memory, slower).
 
     By default glibc maps each allocation above 32 MB (and, after a free, smaller ones) fresh
     from the OS and unmaps it on free, so the next tensor of that size page-faults on every page
@@ -38,7 +38,7 @@ def keep_freed_memory(trim_above=2 ** 31 - 1):
     resident memory then stays near its peak, as with a caching allocator. Returns False where
     there is no glibc (macOS, Windows, musl): nothing changes there."""
     mallopt = getattr(_libc(), 'mallopt', None)
-    if mallopt is None:
+    if mallopt is None or os.environ.get('SKELETON_SSL_KEEP_MEMORY', '1') == '0':
         return False
     return all(bool(mallopt(param, value)) for param, value in (
         (M_MMAP_THRESHOLD, 32 << 20), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_above)))

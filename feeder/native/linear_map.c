@@ -1,15 +1,16 @@
-/* Fused CPU kernel for feeder.augment.LinearMap.
+/* Fused CPU kernel for feeder.composite.LinearMap.
  *
  * A view of a clip is a per-sample linear map: select frames (crop, temporal flips), permute
  * joints (spatial flips), blur along time (a 15-tap kernel, zero padding) and apply a 3x3
- * coordinate map.
- * PyTorch needs one memory pass per factor; this kernel does them in one pass per sample, with
- * the sample's working set in the cache. The PyTorch formulation (LinearMap.apply_torch in
- * feeder/augment.py) is the reference it is tested against; feeder/native/__init__.py builds
- * and calls it.
+ * coordinate map; the extreme view adds Gaussian noise passed through the map of the ops after
+ * it. PyTorch needs one memory pass per factor; this kernel does them in one pass per sample,
+ * with the sample's working set in the cache, and draws the noise where it adds it. The
+ * PyTorch formulation (LinearMap.apply_torch in feeder/composite.py) is the reference it is
+ * tested against (tests/test_composite.py); feeder/native/__init__.py builds and calls it and
+ * checks every index before the call.
  *
  * Clips are float32, contiguous, shaped (n, 3, T, V, M); optional inputs are NULL for the
- * identity. The function is reentrant: callers may run disjoint sample ranges in parallel.
+ * identity.
  */
 #include <math.h>
 #include <pthread.h>
@@ -350,12 +351,7 @@ static int draw_range(const job_t *job, int64_t begin, int64_t end)
 void draw_normal(float *out, int64_t n, int64_t size, const int64_t *ids, uint64_t seed,
                  float std, int threads)
 {
-    job_t job = {0};
-    job.out = out;
-    job.size = size;
-    job.ids = ids;
-    job.noise_seed = seed;
-    job.noise_std = std;
+    const job_t job = {.out = out, .size = size, .ids = ids, .noise_seed = seed, .noise_std = std};
     run_parallel(&job, n, threads, draw_range);
 }
 
@@ -402,22 +398,9 @@ int apply_linear_map(const float *src, float *dst, int64_t n, int64_t t_in, int6
 {
     if (radius > MAX_RADIUS)
         return -2;
-    job_t job = {0};
-    job.src = src;
-    job.dst = dst;
-    job.t_in = t_in;
-    job.t_out = t_out;
-    job.v = v;
-    job.m = m;
-    job.radius = radius;
-    job.frames = frames;
-    job.joints = joints;
-    job.blur_slot = blur_slot;
-    job.dst_index = dst_index;
-    job.channel = channel;
-    job.taps = taps;
-    job.accumulate = accumulate;
-    job.noise_seed = noise_seed;
-    job.noise_std = noise_std;
+    const job_t job = {.src = src, .dst = dst, .t_in = t_in, .t_out = t_out, .v = v, .m = m,
+                       .radius = radius, .frames = frames, .joints = joints, .blur_slot = blur_slot,
+                       .dst_index = dst_index, .channel = channel, .taps = taps,
+                       .accumulate = accumulate, .noise_seed = noise_seed, .noise_std = noise_std};
     return run_parallel(&job, n, threads, map_range);
 }
