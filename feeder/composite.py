@@ -143,7 +143,7 @@ WIDTH = {'crop': 1, 'shear': 6, 'spatial_flip': 1, 'rotate': 5, 'gaussian_noise'
 
 
 def _crop(uniforms, t, temperal_padding_ratio):
-    pad = t // temperal_padding_ratio
+    pad = int(t // temperal_padding_ratio)   # YAML may give the ratio as a float
     if pad > t:
         raise ValueError(f'crop padding {pad} exceeds T={t}')
     start = uniforms.integers(2 * pad + 1)
