@@ -132,7 +132,8 @@ def _update_applied_(x, applied, fn):
     return x
 
 
-def _check_xyz(x):
+def check_xyz(x):
+    """Clear error unless x is a batch of xyz clips (N, 3, T, V, M)."""
     if x.dim() != 5 or x.shape[1] != 3:
         raise ValueError(f'expected clips (N, 3, T, V, M), got {tuple(x.shape)}')
 
@@ -176,16 +177,20 @@ def gather_frames(x, frames):
 
 def draw_shear(n, gen, shear_amplitude=0.5):
     alpha, beta = _uniform((2, n, 3), gen, -shear_amplitude, shear_amplitude).float().numpy()
-    # S = [[1, a0, b0], [a1, 1, b1], [a2, b2, 1]]
-    matrix = np.ones((n, 3, 3), dtype=np.float32)
-    matrix[:, [0, 1, 2], [1, 0, 0]] = alpha
-    matrix[:, [0, 1, 2], [2, 2, 1]] = beta
-    return torch.from_numpy(matrix)
+    return torch.from_numpy(shear_matrices(np.concatenate([alpha, beta], 1)).astype(np.float32))
+
+
+def shear_matrices(entries):
+    """numpy float64 (n, 3, 3) [[1, a0, b0], [a1, 1, b1], [a2, b2, 1]] of entries (n, 6) =
+    (a0, a1, a2, b0, b1, b2)."""
+    matrix = np.ones((len(entries), 3, 3))
+    matrix[:, [0, 1, 2, 0, 1, 2], [1, 0, 0, 2, 2, 1]] = entries
+    return matrix
 
 
 def apply_channel_matrix(x, matrix):
     """x'[n] = matrix[n] @ xyz for every frame, joint and body (matrix (n, 3, 3))."""
-    _check_xyz(x)
+    check_xyz(x)
     n = x.shape[0]
     matrix = matrix.to(device=x.device, dtype=x.dtype)
     return torch.bmm(matrix, x.reshape(n, 3, -1)).view(x.shape)
@@ -231,8 +236,12 @@ def draw_rotate(n, gen, main_max_deg=30.0, other_max_deg=1.0):
     axis = torch.randint(0, 3, (n,), generator=gen)
     main = _uniform(n, gen, 0.0, math.radians(main_max_deg))
     others = _uniform((n, 3), gen, 0.0, math.radians(other_max_deg))
-    angles = np.where(np.arange(3) == axis.numpy()[:, None], main.numpy()[:, None], others.numpy())
-    return RotateParams(axis, torch.from_numpy(angles))
+    return RotateParams(axis, torch.from_numpy(rotation_angles(axis.numpy(), main.numpy(), others.numpy())))
+
+
+def rotation_angles(axis, main, others):
+    """numpy (n, 3) angles: `main` (n,) about the main axis (n,), `others` (n, 3) elsewhere."""
+    return np.where(np.arange(3) == axis[:, None], main[:, None], others)
 
 
 def rotation_matrices(angles):
@@ -335,7 +344,7 @@ def axis_masks(applied, axis):
 
 
 def apply_axis_mask(x, params):
-    _check_xyz(x)
+    check_xyz(x)
     out = x.clone()
     if params.applied.any():
         index = _applied_index(params.applied, x.device)

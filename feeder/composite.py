@@ -152,10 +152,7 @@ def _crop(uniforms, t, temperal_padding_ratio):
 
 def _shear(uniforms, amplitude):
     """[[1, a0, b0], [a1, 1, b1], [a2, b2, 1]], entries U(-amplitude, amplitude)."""
-    entries = uniforms.take(6) * (2 * amplitude) - amplitude
-    matrix = np.ones((len(entries), 3, 3))
-    matrix[:, [0, 1, 2, 0, 1, 2], [1, 0, 0, 2, 2, 1]] = entries
-    return matrix
+    return augment.shear_matrices(uniforms.take(6) * (2 * amplitude) - amplitude)
 
 
 def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, record=False):
@@ -217,8 +214,7 @@ def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_
         if op == 'rotate':
             axis = uniforms.integers(3)
             main = uniforms.take() * math.radians(30.0)
-            angles = uniforms.take(3) * math.radians(1.0)
-            angles[np.arange(n), axis] = main
+            angles = augment.rotation_angles(axis, main, uniforms.take(3) * math.radians(1.0))
             steps.append(('map', augment.rotation_products(angles)))
             params = lambda: augment.RotateParams(tensor(axis), tensor(angles))
         elif op == 'axis_mask':
@@ -282,21 +278,16 @@ def apply_views(x, views):
     return outs
 
 
-def _check_xyz(x):
-    if x.dim() != 5 or x.shape[1] != 3:
-        raise ValueError(f'expected clips (N, 3, T, V, M), got {tuple(x.shape)}')
-
-
 def normal_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
     """One normal view (x itself when both parameters are <= 0)."""
-    _check_xyz(x)
+    augment.check_xyz(x)
     return apply_views(x, [draw_normal(x.shape, gen, shear_amplitude, temperal_padding_ratio)])[0]
 
 
 def extreme_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',
                  layout=NTU, blur_normalized=True):
     """One extreme view; equals applying the op-level functions in sequence with the same draws."""
-    _check_xyz(x)
+    augment.check_xyz(x)
     view = draw_extreme(x.shape, gen, shear_amplitude, temperal_padding_ratio, aug_method, layout,
                         blur_normalized)
     return apply_views(x, [view])[0]

@@ -1,5 +1,5 @@
 """Turns a raw batch into the views a method asks for (`method.views`), batched on the device."""
-from feeder import ascal_augment, composite, crop_resize
+from feeder import ascal_augment, augment, composite, crop_resize
 
 VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop', 'ascal1', 'ascal2')
 CROP_KINDS = ('crop_pose', 'crop_resize', 'center_crop')
@@ -37,7 +37,7 @@ def make_views(x, kinds, gen, view_args, lengths=None):
                 list_args=view_args.get('list_args', ascal_augment.DEFAULT_LIST_ARGS),
                 blur_normalized=view_args.get('blur_normalized', True)))
         else:
-            composite._check_xyz(x)
+            augment.check_xyz(x)
             views.append(None)
             if kind == 'normal':
                 composite_views[position] = composite.draw_normal(

@@ -34,23 +34,14 @@ def close(a, b, atol=ATOL):
 def sequential(x, ops):
     """The view as plain op-by-op application of the recorded parameters."""
     for name, params in ops:
-        if name == 'crop':
-            x = A.apply_temporal_crop(x, params)
-        elif name == 'shear':
-            x = A.apply_shear(x, params.float())
-        elif name == 'spatial_flip':
-            x = A.apply_spatial_flip(x, params)
-        elif name == 'rotate':
-            x = A.apply_rotate(x, params)
-        elif name == 'gaussian_noise':
-            x = A.apply_gaussian_noise(x, params)
-        elif name == 'gaussian_blur':
-            x = A.apply_gaussian_blur(x, params)
-        elif name == 'axis_mask':
-            x = A.apply_axis_mask(x, params)
-        elif name == 'temporal_flip':
-            x = A.apply_temporal_flip(x, params)
+        x = OP_APPLY[name](x, params)
     return x
+
+
+OP_APPLY = {'crop': A.apply_temporal_crop, 'shear': lambda x, matrix: A.apply_shear(x, matrix.float()),
+            'spatial_flip': A.apply_spatial_flip, 'rotate': A.apply_rotate,
+            'gaussian_noise': A.apply_gaussian_noise, 'gaussian_blur': A.apply_gaussian_blur,
+            'axis_mask': A.apply_axis_mask, 'temporal_flip': A.apply_temporal_flip}
 
 
 def both_backends(fn):
