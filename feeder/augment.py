@@ -7,6 +7,8 @@ Every op is a pair:
 Coin-flip ops draw an independent coin per sample; samples whose coin says "skip" come out
 bit-identical. Distributions follow the AimCLR reference (normal: crop + shear; extreme: ids
 1..6 of `aug_method`). feeder/composite.py composes them into the normal and extreme views.
+Parameter arithmetic on (n,)-sized arrays runs in numpy, where a torch op would cost more than
+its math; the random numbers themselves always come from `gen`.
 """
 import functools
 import math
@@ -109,10 +111,6 @@ def _coin(n, gen, p):
 
 def _uniform(shape, gen, low, high):
     return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
-
-
-# Parameter arithmetic on (n,)-sized arrays runs in numpy: there a torch op costs more than its
-# math. The random numbers themselves always come from `gen`.
 
 
 def _applied_index(applied, device):

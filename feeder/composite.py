@@ -69,12 +69,16 @@ class LinearMap:
 
     # ------------------------------------------------------------------ application
 
+    def fits_kernel(self):
+        """The fused kernel applies at most one blur op (two '4's in aug_method take PyTorch)."""
+        return len(self.blurs) <= 1
+
     def apply(self, x, out=None, index=None, fused=None):
         """The map applied to x, as a new tensor; or, with `out`, added to out[index] (index:
         numpy int64, one output sample per sample of x). `fused`: use the CPU kernel (default:
         when it serves x)."""
         fused = native.serves(x) if fused is None else fused
-        if fused and len(self.blurs) <= 1 and (out is None or native.serves(out)):
+        if fused and self.fits_kernel() and (out is None or native.serves(out)):
             return native.apply_linear_map(x, self, out, index)
         y = self.apply_torch(x)
         if out is None:
@@ -112,7 +116,7 @@ class View:
     with the map of the ops after it. `ops`: the op-level parameters in the order applied
     (('crop', CropParams), ('shear', matrices), (op name, params), ...), for checks."""
     linear: LinearMap = None
-    noises: list = field(default_factory=list)   # [(augment.NoiseParams, LinearMap)]
+    noises: list = field(default_factory=list)   # [(augment.NoiseParams, LinearMap, samples)]
     ops: list = field(default_factory=list)
 
 
@@ -244,7 +248,7 @@ def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_
     for i, (kind, item) in enumerate(steps):
         if kind == 'noise' and item[0].any():
             index = np.flatnonzero(item[0])
-            view.noises.append((item[1], _compose(steps[i + 1:], LinearMap(len(index), t, v), index)))
+            view.noises.append((item[1], _compose(steps[i + 1:], LinearMap(len(index), t, v), index), index))
     return view
 
 
@@ -268,9 +272,8 @@ def apply_views(x, views):
     fused = native.serves(x)
     outs = [x if view.linear is None else view.linear.apply(x, fused=fused) for view in views]
     for out, view in zip(outs, views):
-        for params, later in view.noises:
-            index = np.flatnonzero(params.applied.numpy())
-            if fused and len(later.blurs) <= 1:   # drawn in the kernel, never stored
+        for params, later, index in view.noises:
+            if fused and later.fits_kernel():   # drawn in the kernel, never stored
                 native.add_mapped_noise(out, later, index, params.seed, params.std)
             else:
                 noise = params.draw().to(device=x.device, dtype=x.dtype)

@@ -230,8 +230,7 @@ def test_kernel_noise_distribution():
 def test_noise_added_in_the_kernel_equals_drawn_then_mapped():
     x = make_clips()
     view = composite.draw_extreme(x.shape, gen(), aug_method='3456')
-    params, later = view.noises[0]
-    index = np.flatnonzero(params.applied.numpy())
+    params, later, index = view.noises[0]
     out = torch.zeros_like(x)
     native.add_mapped_noise(out, later, index, params.seed, params.std)
     expected = torch.zeros_like(x).index_add_(0, torch.from_numpy(index), later.apply_torch(params.draw()))
