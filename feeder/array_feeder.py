@@ -68,7 +68,7 @@ class SkeletonArrayDataset(Dataset):
 
     def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
                  check_finite=True, shear_amplitude=None, temperal_padding_ratio=None,
-                 aug_method=None, blur_normalized=None, layout=None, num_frame_path=None,
+                 aug_method=None, blur_normalized=None, layout=None, view_rotation=None, num_frame_path=None,
                  l_ratio=None, input_size=None, window_size=-1, debug=False):
         if not os.path.isfile(data_path):
             raise DataError(f'data file not found: {data_path}')
@@ -97,6 +97,7 @@ class SkeletonArrayDataset(Dataset):
             aug_method = str(aug_method)
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
                      aug_method=aug_method, blur_normalized=blur_normalized, layout=layout,
+                     view_rotation=view_rotation,
                      l_ratio=l_ratio, input_size=input_size)
         self.view_args = {k: v for k, v in given.items() if v is not None}
         try:

@@ -159,14 +159,17 @@ def _shear(uniforms, amplitude):
     return augment.shear_matrices(uniforms.take(6) * (2 * amplitude) - amplitude)
 
 
-def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, record=False):
-    """Temporal crop then shear; a parameter <= 0 disables its op. record: keep the op-level
-    parameters in `View.ops`."""
+def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, view_rotation=0,
+                record=False):
+    """Temporal crop, shear, then (view_rotation > 0, our option, not in the references) a
+    rotation about the vertical y axis by U(-view_rotation, view_rotation) degrees, the change of
+    camera azimuth between the views of a cross-view benchmark. A parameter <= 0 disables its
+    op. record: keep the op-level parameters in `View.ops`."""
     n, _, t, v = shape[:4]
-    crop, shear = temperal_padding_ratio > 0, shear_amplitude > 0
-    if not (crop or shear):
+    crop, shear, rotate = temperal_padding_ratio > 0, shear_amplitude > 0, view_rotation > 0
+    if not (crop or shear or rotate):
         return View()
-    uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear)
+    uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear + rotate)
     view = View(LinearMap(n, t, v))
     if crop:
         start, pad, view.linear.frames = _crop(uniforms, t, temperal_padding_ratio)
@@ -177,6 +180,13 @@ def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, recor
         view.linear.map(matrix)
         if record:
             view.ops.append(('shear', torch.from_numpy(matrix)))
+    if rotate:
+        angles = np.zeros((n, 3))
+        angles[:, 1] = (uniforms.take() * 2 - 1) * math.radians(view_rotation)
+        view.linear.map(augment.rotation_products(angles))
+        if record:
+            view.ops.append(('rotate', augment.RotateParams(torch.ones(n, dtype=torch.long),
+                                                            torch.from_numpy(angles))))
     return view
 
 
@@ -281,10 +291,11 @@ def apply_views(x, views):
     return outs
 
 
-def normal_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
-    """One normal view (x itself when both parameters are <= 0)."""
+def normal_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6, view_rotation=0):
+    """One normal view (x itself when every parameter is <= 0)."""
     augment.check_xyz(x)
-    return apply_views(x, [draw_normal(x.shape, gen, shear_amplitude, temperal_padding_ratio)])[0]
+    return apply_views(x, [draw_normal(x.shape, gen, shear_amplitude, temperal_padding_ratio,
+                                       view_rotation)])[0]
 
 
 def extreme_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',

@@ -42,7 +42,8 @@ def make_views(x, kinds, gen, view_args, lengths=None):
             if kind == 'normal':
                 composite_views[position] = composite.draw_normal(
                     x.shape, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
-                    temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6))
+                    temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6),
+                    view_rotation=view_args.get('view_rotation', 0))
             else:   # extreme
                 composite_views[position] = composite.draw_extreme(
                     x.shape, gen, shear_amplitude=view_args.get('shear_amplitude', 0.5),
@@ -61,7 +62,7 @@ def has_augmentation(view_args):
     """True when the evaluation training view is random: a 'normal' view that changes the clip
     (reference: both keys <= 0 disable it) or a random crop (`l_ratio` with two entries)."""
     return (view_args.get('shear_amplitude', -1) > 0 or view_args.get('temperal_padding_ratio', -1) > 0
-            or len(view_args.get('l_ratio', ())) == 2)
+            or view_args.get('view_rotation', 0) > 0 or len(view_args.get('l_ratio', ())) == 2)
 
 
 def eval_view(view_args, train):

@@ -72,6 +72,22 @@ def test_normal_view_is_crop_then_shear_and_disabled_returns_input():
     assert composite.normal_view(x, gen(), shear_amplitude=-1, temperal_padding_ratio=-1) is x
 
 
+def test_normal_view_rotation_about_y_equals_sequential_ops_and_keeps_height_and_radius():
+    x = make_clips()
+    view = composite.draw_normal(x.shape, gen(), view_rotation=60, record=True)
+    assert [name for name, _ in view.ops] == ['crop', 'shear', 'rotate']
+    angles = view.ops[2][1].angles
+    assert angles[:, 0].abs().max() == 0 and angles[:, 2].abs().max() == 0
+    assert angles[:, 1].abs().max() <= np.radians(60) and angles[:, 1].std() > np.radians(20)
+    for out, expected in both_backends(lambda: (composite.apply_views(x, [view])[0], sequential(x, view.ops))):
+        close(out, expected)
+    # rotation alone: y (height) unchanged, horizontal radius sqrt(x^2 + z^2) unchanged
+    rotated = composite.normal_view(x, gen(2), shear_amplitude=-1, temperal_padding_ratio=-1, view_rotation=90)
+    close(rotated[:, 1], x[:, 1])
+    close(rotated[:, 0] ** 2 + rotated[:, 2] ** 2, x[:, 0] ** 2 + x[:, 2] ** 2, atol=1e-4)
+    assert not torch.allclose(rotated, x)
+
+
 def test_nw_ucla_layout_inferred_single_body_and_unnormalised_blur():
     x = make_clips(v=20, m=1)
     view = composite.draw_extreme(x.shape, gen(), aug_method='14', layout=None, blur_normalized=False,
