@@ -1,0 +1,123 @@
+"""tools/run_benchmark.py end to end on tiny data, and the raw-coordinate baseline encoder."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from net.raw_coords import RawCoordinates
+from tests.conftest import TINY_ENCODER, write_dataset
+from tools import run_benchmark
+
+
+def test_raw_coords_feature_is_the_flattened_clip():
+    enc = RawCoordinates(in_channels=3, num_frames=4, num_joints=5, num_person=1, num_class=2)
+    x = torch.randn(6, 3, 4, 5, 1)
+    assert enc.feature_dim == 60
+    assert torch.equal(enc.extract_feature(x), x.reshape(6, -1))
+    assert enc(x).shape == (6, 2)
+    with pytest.raises(ValueError, match=r'\(N, 3, 4, 5, 1\)'):
+        enc.extract_feature(torch.randn(2, 3, 4, 5, 2))
+
+
+def write_suite(tmp_path):
+    folder = str(tmp_path / 'data')
+    os.makedirs(folder)
+    write_dataset(folder, 'train', 16, t=8, v=25, m=2, seed=1)
+    write_dataset(folder, 'val', 8, t=8, v=25, m=2, seed=2)
+    encoder = {**TINY_ENCODER, 'init_weights': False}
+    common = {'num_worker': 0, 'use_gpu': False, 'seed': 0}
+    pretrain = {**common, 'model': 'skeletonclr', 'batch_size': 8, 'num_epoch': 2, 'base_lr': 0.05,
+                'save_interval': 1, 'log_interval': 1,
+                'model_args': {**encoder, 'feature_dim': 8, 'queue_size': 8, 'momentum': 0.9, 'Temperature': 0.2},
+                'train_feeder_args': {'shear_amplitude': 0.5, 'temperal_padding_ratio': 6}}
+    linear = {**common, 'model': 'skeletonclr', 'batch_size': 8, 'test_batch_size': 8, 'num_epoch': 3,
+              'base_lr': 0.5, 'eval_interval': 1, 'ignore_weights': ['encoder_q.fc', 'encoder_k', 'queue'],
+              'model_args': {**encoder, 'pretrain': False, 'num_class': 4}}
+    raw = {**linear, 'model_args': {'base_encoder': 'raw_coords', 'pretrain': False, 'num_class': 4,
+                                    'num_frames': 8, 'num_joints': 25, 'num_person': 2, 'init_weights': False}}
+    files = {}
+    for name, cfg in (('pretrain', pretrain), ('linear', linear), ('raw', raw)):
+        files[name] = str(tmp_path / f'{name}.yaml')
+        with open(files[name], 'w') as f:
+            yaml.safe_dump(cfg, f)
+    split = {'train_data': f'{folder}/train_data.npy', 'train_label': f'{folder}/train_label.pkl',
+             'test_data': f'{folder}/val_data.npy', 'test_label': f'{folder}/val_label.pkl'}
+    suite = {'name': 'tiny', 'work_root': str(tmp_path / 'work'), 'seeds': [0],
+             'splits': {'test': split}, 'results': {'test': str(tmp_path / 'results' / 'tiny.json')},
+             'raw_baseline': {'evaluate': files['raw'], 'evaluate_args': []},
+             'rows': [{'method': 'skeletonclr', 'pretrain': ['pretrain_skeletonclr', files['pretrain']],
+                       'evaluate': files['linear'], 'streams': ['joint']}]}
+    path = str(tmp_path / 'suite.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    return path, suite
+
+
+def test_runner_writes_rows_and_skips_finished_stages(tmp_path, capsys):
+    path, suite = write_suite(tmp_path)
+    assert run_benchmark.main(['--suite', path]) == 0
+    rows = json.load(open(suite['results']['test']))
+    by_method = {r['method']: r for r in rows}
+    assert set(by_method) == {'skeletonclr', 'untrained skeletonclr', 'raw coordinates'}
+    ssl = by_method['skeletonclr']
+    for key in ('method', 'stream', 'linear_top1_final', 'linear_top1_best', 'knn_top1', 'pretrain_seconds',
+                'epochs', 'device', 'config', 'commit'):
+        assert key in ssl
+    assert ssl['epochs'] == 2 and ssl['pretrain_seconds'] > 0 and ssl['stream'] == 'joint'
+    assert 0 <= ssl['linear_top1_final'] <= 100 and ssl['linear_top1_best'] >= ssl['linear_top1_final']
+    # the row holds what the evaluation wrote
+    linear = json.load(open(os.path.join(ssl['work_dir'], 'linear', 'results.json')))
+    assert ssl['linear_top1_final'] == round(100 * linear['final_epoch']['accuracy']['1'], 2)
+    # pretraining read no label
+    cfg = yaml.safe_load(open(os.path.join(ssl['work_dir'], 'pretrain', 'config.yaml')))
+    assert cfg['train_feeder_args'].get('label_path') is None
+    assert by_method['untrained skeletonclr']['pretrain_seconds'] == 0
+    table = open(suite['results']['test'].replace('.json', '.md')).read()
+    assert '| skeletonclr | joint | 0 |' in table and 'raw coordinates' in table
+
+    # a second run finds every stage done and runs nothing; --dry-run marks them done
+    log = os.path.join(ssl['work_dir'], 'runner.log')
+    before = open(log).read()
+    capsys.readouterr()
+    assert run_benchmark.main(['--suite', path]) == 0
+    assert open(log).read() == before
+    assert len(json.load(open(suite['results']['test']))) == 3   # rows replaced, not appended
+    capsys.readouterr()
+    assert run_benchmark.main(['--suite', path, '--dry-run']) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 7 and all(line.startswith('# done: ') for line in printed)
+
+
+def test_runner_resumes_an_interrupted_pretraining(tmp_path):
+    path, suite = write_suite(tmp_path)
+    # a run killed after epoch 1: the runner continues it instead of starting again
+    assert run_benchmark.main(['--suite', path, '--baselines', 'no', '--set', 'num_epoch=1', '--tag', 'x']) == 0
+    work = os.path.join(suite['work_root'], 'skeletonclr_x', 'joint', 'seed0')
+    os.makedirs(os.path.join(suite['work_root'], 'skeletonclr', 'joint'))
+    os.rename(work, os.path.join(suite['work_root'], 'skeletonclr', 'joint', 'seed0'))
+    work = os.path.join(suite['work_root'], 'skeletonclr', 'joint', 'seed0')
+    for stage in ('linear', 'knn'):
+        os.rename(os.path.join(work, stage), os.path.join(work, stage + '_old'))
+    assert run_benchmark.main(['--suite', path, '--baselines', 'no']) == 0
+    log = open(os.path.join(work, 'pretrain', 'log.txt')).read()
+    assert 'resum' in log.lower() and 'Epoch 2 done' in log and log.count('Epoch 1 done') == 1
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--split', 'val'], "no split 'val'"),
+    (['--rows', 'nosuch'], "unknown row(s) ['nosuch']"),
+    (['--set', 'num_epoch=1'], '--set needs a --tag'),
+])
+def test_runner_bad_arguments_exit_2(tmp_path, capsys, argv, message):
+    path, _ = write_suite(tmp_path)
+    assert run_benchmark.main(['--suite', path] + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_runner_bad_suite_exit_2(tmp_path, capsys):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('name: x\nrows: []\n')
+    assert run_benchmark.main(['--suite', str(bad)]) == 2
+    assert "missing key 'splits'" in capsys.readouterr().err

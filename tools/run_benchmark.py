@@ -1,0 +1,394 @@
+#!/usr/bin/env python
+"""Runs a results benchmark end to end: prepare -> pretrain -> linear evaluation -> k-NN
+(-> 3-stream ensemble), plus the untrained-encoder and raw-coordinate baselines, and writes the
+table (JSON rows + Markdown).
+
+    python tools/run_benchmark.py --suite config/nw_ucla/benchmark.yaml              # the test table
+    python tools/run_benchmark.py --suite config/nw_ucla/benchmark.yaml --split val   # model selection
+
+Every stage is a `python main.py <task>` run of the shipped configs, so the numbers are what a
+user gets from the same commands (`--dry-run` prints them). Finished stages are skipped, and an
+interrupted pretraining continues from its last epoch (`--resume auto`), so the command can be
+killed and started again. `--split val` pre-trains and probes on the suite's validation split
+(built from the training views only) and writes the validation table; hyper-parameters are
+chosen there (`--set` tries a change to every pretraining config, under a `--tag`), and the
+test split is evaluated once per final config.
+
+The suite file (YAML) names the data splits, the prepare commands and the rows; see
+config/nw_ucla/benchmark.yaml.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+
+import yaml
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from tools.ensemble import ensemble   # noqa: E402
+
+ENSEMBLE_STREAMS = ('joint', 'motion', 'bone')
+
+
+class SuiteError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- suite
+def load_suite(path):
+    try:
+        with open(path) as f:
+            suite = yaml.safe_load(f)
+    except OSError as err:
+        raise SuiteError(f'cannot read suite file {path}: {err.strerror}') from None
+    except yaml.YAMLError as err:
+        raise SuiteError(f'{path}: not valid YAML: {err}') from None
+    if not isinstance(suite, dict):
+        raise SuiteError(f'{path}: expected a mapping with keys name, splits, rows')
+    for key in ('name', 'splits', 'rows', 'work_root'):
+        if key not in suite:
+            raise SuiteError(f'{path}: missing key {key!r}')
+    for split, paths in suite['splits'].items():
+        for key in ('train_data', 'train_label', 'test_data', 'test_label'):
+            if key not in (paths or {}):
+                raise SuiteError(f'{path}: splits.{split} needs {key}')
+    for i, row in enumerate(suite['rows']):
+        for key in ('method', 'evaluate'):
+            if key not in row:
+                raise SuiteError(f'{path}: rows[{i}] needs {key!r}')
+        if 'pretrain' in row and not (isinstance(row['pretrain'], list) and len(row['pretrain']) == 2):
+            raise SuiteError(f'{path}: rows[{i}].pretrain must be [task, config file]')
+    return suite
+
+
+def read_config(path):
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+# --------------------------------------------------------------------------- one row
+class Job:
+    """One (row, stream, seed) of a suite on one split: its commands, folders and results."""
+
+    def __init__(self, suite, row, stream, seed, split, tag, overrides, kind):
+        self.suite, self.row, self.stream, self.seed = suite, row, stream, seed
+        self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
+        folder = row['method'] if kind == 'ssl' else f'{kind}_{row["method"]}'
+        root = suite['work_root'] + ('' if split == 'test' else f'_{split}')
+        self.work_dir = os.path.join(root, folder + (f'_{tag}' if tag else ''), stream, f'seed{seed}')
+        paths = suite['splits'][split]
+        self.data = ['--train_feeder_args.data_path', paths['train_data'],
+                     '--train_feeder_args.label_path', paths['train_label'],
+                     '--test_feeder_args.data_path', paths['test_data'],
+                     '--test_feeder_args.label_path', paths['test_label']]
+        self.test_label = paths['test_label']
+        self.common = ['--stream', stream, '--seed', str(seed), '--print_log', 'false']
+
+    # ----------------------------------------------------------------- commands
+    @property
+    def epochs(self):
+        if self.kind != 'ssl':
+            return 0
+        cfg = read_config(self.row['pretrain'][1])
+        for key, value in zip(self.overrides[::2], self.overrides[1::2]):
+            if key == '--num_epoch':
+                return int(value)
+        return int(cfg.get('num_epoch', 300))
+
+    def pretrain_dir(self):
+        return os.path.join(self.work_dir, 'pretrain')
+
+    def final_checkpoint(self):
+        return os.path.join(self.pretrain_dir(), f'epoch{self.epochs}_model.pt')
+
+    def stages(self):
+        """[(name, done-marker file, argv)] in order."""
+        main = [sys.executable, 'main.py']
+        paths = self.suite['splits'][self.split]
+        out = []
+        weights = ['--weights', 'null']
+        if self.kind == 'ssl':
+            task, config = self.row['pretrain']
+            # Pretraining reads the unlabelled training clips only (no label_path).
+            out.append(('pretrain', self.final_checkpoint(),
+                        main + [task, '--config', config, '--work_dir', self.pretrain_dir(), '--resume', 'auto',
+                                '--train_feeder_args.data_path', paths['train_data'],
+                                '--train_feeder_args.label_path', 'null'] + self.common + self.overrides))
+            weights = ['--weights', self.final_checkpoint()]
+        extra = list(self.row.get('evaluate_args', []))
+        if self.kind == 'raw':
+            extra = list(self.suite['raw_baseline']['evaluate_args'])
+        config = self.row['evaluate'] if self.kind != 'raw' else self.suite['raw_baseline']['evaluate']
+        out.append(('linear', os.path.join(self.work_dir, 'linear', 'results.json'),
+                    main + ['linear_evaluation', '--config', config, '--work_dir',
+                            os.path.join(self.work_dir, 'linear')] + weights + self.data + self.common + extra))
+        out.append(('knn', os.path.join(self.work_dir, 'knn', 'knn_results.json'),
+                    main + ['knn_retrieval', '--config', config, '--work_dir', os.path.join(self.work_dir, 'knn'),
+                            '--knn_k', '1', '5'] + weights + self.data + self.common + extra))
+        return out
+
+    # ----------------------------------------------------------------- results
+    def pretrain_seconds(self):
+        """Sum of the epoch times in the pretraining log (the last entry of each epoch, so a
+        resumed run counts each epoch once)."""
+        log = os.path.join(self.pretrain_dir(), 'log.txt')
+        if not os.path.isfile(log):
+            return None
+        times = {}
+        with open(log) as f:
+            for line in f:
+                m = re.search(r'Epoch (\d+) done .*\| ([\d.]+) s, ', line)
+                if m:
+                    times[int(m.group(1))] = float(m.group(2))
+        return round(sum(times.values()), 1) if times else None
+
+    def result(self):
+        linear = json.load(open(os.path.join(self.work_dir, 'linear', 'results.json')))
+        knn = json.load(open(os.path.join(self.work_dir, 'knn', 'knn_results.json')))
+        pct = lambda v: round(100 * v, 2)
+        name = self.row['method'] if self.kind == 'ssl' else (
+            f'untrained {self.row["method"]}' if self.kind == 'untrained' else 'raw coordinates')
+        config = self.row['pretrain'][1] if self.kind == 'ssl' else (
+            self.row['evaluate'] if self.kind == 'untrained' else self.suite['raw_baseline']['evaluate'])
+        return {
+            'method': name + (f' [{self.tag}]' if self.tag else ''),
+            'kind': self.kind, 'stream': self.stream, 'seed': self.seed, 'split': self.split,
+            'linear_top1_final': pct(linear['final_epoch']['accuracy']['1']),
+            'linear_top1_best': pct(linear['best_epoch']['accuracy']['1']),
+            'linear_best_epoch': linear['best_epoch']['epoch'],
+            'linear_top5_final': pct(linear['final_epoch']['accuracy']['5']),
+            'knn_top1': pct(knn['k=1']), 'knn5_top1': pct(knn['k=5']),
+            'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
+            'epochs': self.epochs, 'device': device_name(), 'config': config,
+            'overrides': ' '.join(self.overrides), 'commit': commit(), 'work_dir': self.work_dir,
+        }
+
+
+# --------------------------------------------------------------------------- environment
+def device_name():
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f'cpu ({os.cpu_count()} cores, {model})'
+
+
+def commit():
+    try:
+        sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ('-dirty' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def run_stage(argv, log_path):
+    """Runs one stage; its output goes to log_path. Raises SuiteError naming the log on failure."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.time()
+    with open(log_path, 'a') as log:
+        log.write(f'\n$ {shlex.join(argv)}\n')
+        log.flush()
+        code = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise SuiteError(f'stage failed (exit {code}): {shlex.join(argv)}; see {log_path}')
+    return time.time() - start
+
+
+# --------------------------------------------------------------------------- tables
+def mean_range(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return '-'
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f'{mean:.1f}'
+    return f'{mean:.1f} ({min(values):.1f}-{max(values):.1f})'
+
+
+def markdown(rows, ensembles, title):
+    groups = {}
+    for r in rows:
+        groups.setdefault((r['method'], r['stream']), []).append(r)
+    lines = [f'## {title}', '',
+             '| method | stream | seeds | linear top-1, final | linear top-1, best* | k-NN top-1 (k=1) | '
+             'pretrain epochs | pretrain time |',
+             '|---|---|---|---|---|---|---|---|']
+    for (method, stream), rs in groups.items():
+        secs = [r['pretrain_seconds'] for r in rs if r['pretrain_seconds']]
+        time_text = f'{sum(secs) / len(secs) / 60:.0f} min' if secs else '-'
+        lines.append(f'| {method} | {stream} | {",".join(str(r["seed"]) for r in rs)} | '
+                     f'{mean_range([r["linear_top1_final"] for r in rs])} | '
+                     f'{mean_range([r["linear_top1_best"] for r in rs])} | '
+                     f'{mean_range([r["knn_top1"] for r in rs])} | {rs[0]["epochs"] or "-"} | {time_text} |')
+    for e in ensembles:
+        lines.append(f'| {e["method"]} | ensemble ({"+".join(e["streams"])}) | {e["seed"]} | '
+                     f'{e["linear_top1_final"]:.1f} | - | - | - | - |')
+    lines += ['', 'Mean over the listed seeds with the range in brackets. * best epoch of the linear '
+              'probe, selected on the evaluated split (the reference protocol); the final epoch is the honest '
+              'number.', '']
+    return '\n'.join(lines)
+
+
+def write_atomic(path, text):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def merge_rows(path, new_rows, key=('method', 'stream', 'seed', 'split')):
+    """The rows already in `path` with the new ones replacing those of the same key."""
+    old = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+    fresh = {tuple(r[k] for k in key) for r in new_rows}
+    return [r for r in old if tuple(r.get(k) for k in key) not in fresh] + new_rows
+
+
+# --------------------------------------------------------------------------- main
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--suite', required=True, help='suite YAML (e.g. config/nw_ucla/benchmark.yaml)')
+    p.add_argument('--split', default='test', help="a split of the suite: 'test' (the table) or 'val' "
+                   '(model selection on the training views)')
+    p.add_argument('--rows', nargs='+', help='only these methods (default: all rows of the suite)')
+    p.add_argument('--streams', nargs='+', help='only these streams (default: each row\'s streams)')
+    p.add_argument('--seeds', type=int, nargs='+', help="seeds (default: the suite's seeds)")
+    p.add_argument('--baselines', choices=['yes', 'no', 'only'], default='yes',
+                   help='also run the untrained-encoder and raw-coordinate rows (default yes)')
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='override pretraining options (e.g. model_args.queue_size=128); needs --tag')
+    p.add_argument('--tag', default='', help='names a --set variant (folder and method suffix)')
+    p.add_argument('--out', help='JSON rows file (default: the suite\'s results[split])')
+    p.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.chdir(ROOT)
+    try:
+        return run(args)
+    except SuiteError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+
+
+def run(args):
+    suite = load_suite(args.suite)
+    if args.split not in suite['splits']:
+        raise SuiteError(f'{args.suite}: no split {args.split!r} (has {sorted(suite["splits"])})')
+    if args.set and not args.tag:
+        raise SuiteError('--set needs a --tag naming the variant')
+    overrides = []
+    for item in args.set:
+        if '=' not in item:
+            raise SuiteError(f'--set {item!r}: expected KEY=VALUE')
+        key, value = item.split('=', 1)
+        overrides += [f'--{key}', value]
+    rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
+    if args.rows and len(rows) != len(set(args.rows)):
+        known = [r['method'] for r in suite['rows']]
+        raise SuiteError(f'unknown row(s) {sorted(set(args.rows) - set(known))}; the suite has {known}')
+    seeds = args.seeds or suite.get('seeds', [0])
+
+    jobs = []
+    for row in rows:
+        streams = [s for s in row.get('streams', ['joint']) if not args.streams or s in args.streams]
+        for stream in streams:
+            for seed in seeds:
+                if args.baselines != 'only':
+                    jobs.append(Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl'))
+                if args.baselines != 'no' and not args.tag and row.get('untrained_baseline', True):
+                    jobs.append(Job(suite, row, stream, seed, args.split, '', [], 'untrained'))
+    if args.baselines != 'no' and not args.tag and 'raw_baseline' in suite and not args.rows:
+        jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, '', [], 'raw'))
+    # one untrained row per architecture and stream: rows sharing an evaluate file share it
+    seen, unique = set(), []
+    for job in jobs:
+        ident = (job.kind, job.row['evaluate'] if job.kind == 'untrained' else id(job), job.stream, job.seed)
+        if ident not in seen:
+            seen.add(ident)
+            unique.append(job)
+    jobs = unique
+
+    prepare = suite.get('prepare', {}).get(args.split, [])
+    if args.dry_run:
+        for cmd in prepare:
+            print(shlex.join(cmd['run']))
+        for job in jobs:
+            for name, marker, argv in job.stages():
+                print(('# done: ' if os.path.isfile(marker) else '') + shlex.join(argv))
+        return 0
+    for cmd in prepare:
+        if not os.path.isfile(cmd['creates']):
+            print(f'prepare: {shlex.join(cmd["run"])}', file=sys.stderr)
+            if subprocess.run(cmd['run'], cwd=ROOT).returncode != 0:
+                raise SuiteError(f'prepare step failed: {shlex.join(cmd["run"])}')
+
+    stages = [(job, s) for job in jobs for s in job.stages()]
+    bar = tqdm(stages, desc='benchmark', unit='stage')
+    for job, (name, marker, argv) in bar:
+        bar.set_postfix_str(f'{job.row["method"]}/{job.kind}/{job.stream}/seed{job.seed}: {name}')
+        if os.path.isfile(marker):
+            continue
+        seconds = run_stage(argv, os.path.join(job.work_dir, 'runner.log'))
+        tqdm.write(f'{job.work_dir}: {name} done in {seconds / 60:.1f} min')
+
+    results = [job.result() for job in jobs]
+    ensembles = []
+    for row in rows:
+        if not row.get('ensemble'):
+            continue
+        for seed in seeds:
+            by_stream = {j.stream: j for j in jobs if j.row is row and j.kind == 'ssl' and j.seed == seed}
+            if not all(s in by_stream for s in ENSEMBLE_STREAMS):
+                continue
+            out = ensemble(suite['splits'][args.split]['test_label'],
+                           {s: os.path.join(by_stream[s].work_dir, 'linear', 'test_result_final.pkl')
+                            for s in ENSEMBLE_STREAMS})
+            ensembles.append({'method': row['method'] + (f' [{args.tag}]' if args.tag else ''),
+                              'kind': 'ensemble', 'streams': list(ENSEMBLE_STREAMS), 'seed': seed,
+                              'split': args.split, 'weights': [0.6, 0.4, 0.6],
+                              'linear_top1_final': round(100 * out['accuracy'][1], 2),
+                              'linear_top5_final': round(100 * out['accuracy'][5], 2),
+                              'per_stream_top1': {s: round(100 * a[1], 2) for s, a in out['per_stream'].items()},
+                              'commit': commit()})
+    out_json = args.out or suite['results'][args.split]
+    all_rows = merge_rows(out_json, results + ensembles)
+    write_atomic(out_json, json.dumps(all_rows, indent=1) + '\n')
+    table = markdown([r for r in all_rows if r.get('kind') != 'ensemble'],
+                     [r for r in all_rows if r.get('kind') == 'ensemble'],
+                     f'{suite["name"]}, split {args.split} '
+                     f'({datetime.date.today().isoformat()}, {device_name()})')
+    write_atomic(os.path.splitext(out_json)[0] + '.md', table)
+    print(table)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
