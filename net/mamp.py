@@ -200,32 +200,33 @@ class MAMP(nn.Module):
         return len(self.encoder_q.blocks) + 1
 
     def adapt_weights(self, weights, path='<checkpoint>', log=print):
-        """Called by torchlight.io.load_weights: a checkpoint of the original code (encoder keys at
-        the top level, `head.*`, decoder) gets our names; the decoder and mask token are dropped
-        when this model has none; `temp_embed` is resized bicubically when the number of
-        temporal patches differs (the original's interpolate_temp_embed)."""
-        if not any(k.startswith('encoder_q.') for k in weights):
-            renamed, dropped = OrderedDict(), []
-            for key, value in weights.items():
-                if key.startswith(DECODER_KEYS):
-                    if self.pretrain:
-                        renamed[key] = value
-                    else:
-                        dropped.append(key)
-                    continue
+        """Called by torchlight.io.load_weights. A checkpoint of the original code (encoder keys at
+        the top level, `head.*`) gets our names; the decoder and mask token (ours or the
+        original's) are dropped when this model has none (evaluation); `temp_embed` is resized
+        bicubically when the number of temporal patches differs (the original's
+        interpolate_temp_embed)."""
+        original = not any(k.startswith('encoder_q.') for k in weights)
+        adapted, dropped = OrderedDict(), []
+        for key, value in weights.items():
+            if key.startswith(DECODER_KEYS):
+                if self.pretrain:
+                    adapted[key] = value
+                else:
+                    dropped.append(key)
+                continue
+            if original:
                 for old, new in HEAD_RENAMES:
                     if key.startswith(old):
                         key = new + key[len(old):]
                         break
-                renamed['encoder_q.' + key] = value
-            if dropped:
-                log(f'MAMP: {len(dropped)} decoder / mask-token tensors of {path} are not used by the encoder')
-            weights = renamed
+                key = 'encoder_q.' + key
+            adapted[key] = value
+        if dropped:
+            log(f'MAMP: {len(dropped)} decoder / mask-token tensors of {path} are not used by the encoder')
+        own = self.state_dict()
         for key in ('encoder_q.temp_embed', 'decoder_temp_embed'):
-            own = self.state_dict().get(key)
-            if key in weights and own is not None and weights[key].shape[1] != own.shape[1] \
-                    and weights[key].shape[2:] == own.shape[2:]:
-                log(f'MAMP: {key} interpolated from {weights[key].shape[1]} to {own.shape[1]} temporal patches')
-                weights[key] = interpolate_temp_embed(weights[key], own.shape[1])
-        return weights
-
+            if key in adapted and key in own and adapted[key].shape[1] != own[key].shape[1] \
+                    and adapted[key].shape[2:] == own[key].shape[2:]:
+                log(f'MAMP: {key} interpolated from {adapted[key].shape[1]} to {own[key].shape[1]} temporal patches')
+                adapted[key] = interpolate_temp_embed(adapted[key], own[key].shape[1])
+        return adapted
