@@ -16,7 +16,7 @@ from feeder import augment
 from feeder.views import eval_view, has_augmentation, make_views
 from net.mamp import MAMP, masked_mse, next_frame_motion, patchify, standardise
 from processor.pretrain_mamp import MAMPPretrain
-from tests.conftest import write_dataset
+from tests.conftest import ROOT, write_dataset
 from torchlight.config import ConfigError, build_config
 from torchlight.registry import TASKS
 
@@ -231,3 +231,29 @@ def test_knn_and_finetune_on_the_pretrained_encoder(pretrained):
     assert main.main(argv) == 0
     log = open(os.path.join(pretrained['folder'], 'finetune', 'log.txt')).read()
     assert 'RESULT final epoch 1' in log
+
+
+def test_shipped_configs_hold_the_original_hyper_parameters():
+    def load(task, *path):
+        return build_config(TASKS.get(task).options, ['--config', os.path.join(ROOT, 'config', *path)])
+
+    for folder, bench, decoder_depth, tau in (('ntu60', 'xsub', 3, 0.8), ('ntu60', 'xview', 3, 0.8),
+                                              ('ntu120', 'xsub', 5, 0.75), ('ntu120', 'xset', 5, 0.75),
+                                              ('pkummd', 'pkup1cs', 5, 0.8), ('pkummd', 'pkup2cs', 5, 0.8)):
+        pre = load('pretrain_mamp', folder, 'mamp', bench, 'pretext_joint.yaml')
+        assert (pre['optimizer'], pre['betas'], pre['base_lr'], pre['min_lr'], pre['weight_decay']) == \
+            ('AdamW', [0.9, 0.95], 1e-3, 5e-4, 0.05)
+        assert (pre['lr_schedule'], pre['warmup_epochs'], pre['num_epoch'], pre['batch_size']) == ('cosine', 20, 400, 128)
+        assert pre['no_decay_1d'] and (pre['mask_ratio'], pre['motion_aware_tau']) == (0.9, tau)
+        assert pre['model_args']['decoder_depth'] == decoder_depth and pre['model_args']['dim_feat'] == 256
+        assert pre['train_feeder_args']['l_ratio'] == [0.5, 1.0] and pre['train_feeder_args']['input_size'] == 120
+        assert pre['train_feeder_args']['random_rot'] is True
+        lin = load('linear_evaluation', folder, 'mamp', bench, 'linear_eval_joint.yaml')
+        assert (lin['optimizer'], lin['lr_schedule'], lin['num_epoch'], lin['weight_decay']) == ('SGD', 'cosine', 100, 0.0)
+        assert lin['model_args']['protocol'] == 'linprobe' and lin['test_feeder_args']['l_ratio'] == [0.95]
+        fin = load('finetune_evaluation', folder, 'mamp', bench, 'finetune_joint.yaml')
+        assert (fin['optimizer'], fin['base_lr'], fin['min_lr'], fin['layer_decay'], fin['warmup_epochs']) == \
+            ('AdamW', 3e-4, 1e-5, 0.8, 5)
+        assert fin['label_smoothing'] == 0.1 and fin['model_args']['drop_path_rate'] == 0.3
+        assert fin['model_args']['protocol'] == 'finetune' and fin['batch_size'] == 48
+        assert load('knn_retrieval', folder, 'mamp', bench, 'knn_joint.yaml')['knn_k'] == [1]
