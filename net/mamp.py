@@ -199,6 +199,19 @@ class MAMP(nn.Module):
     def num_layers(self):
         return len(self.encoder_q.blocks) + 1
 
+    def reference_checkpoint(self, state):
+        """Our state dict in the original's checkpoint layout ({'model': ...}, encoder keys at the
+        top level, the head as `head.*`), so the original's main_linprobe / main_finetune read
+        our files with --finetune, and adapt_weights reads them back."""
+        original = OrderedDict()
+        for key, value in state.items():
+            if key.startswith('encoder_q.'):
+                key = key[len('encoder_q.'):]
+                if key.startswith('fc.'):   # linprobe fc.0/fc.1 -> head.fc.0/1; finetune fc.fc1 -> head.fc1
+                    key = 'head.' + (key if self.encoder_q.protocol == 'linprobe' else key[len('fc.'):])
+            original[key] = value
+        return {'model': original}
+
     def adapt_weights(self, weights, path='<checkpoint>', log=print):
         """Called by torchlight.io.load_weights. A checkpoint of the original code (encoder keys at
         the top level, `head.*`) gets our names; the decoder and mask token (ours or the

@@ -193,8 +193,10 @@ def test_pretraining_runs_with_the_cosine_schedule(pretrained):
     log = open(os.path.join(pretrained['work'], 'log.txt')).read()
     assert "views ('crop_resize',)" in log and 'Epoch 2 done' in log and 'masked_fraction' in log
     assert 'Epoch 1 Iter 1/2 | loss' in log and 'lr: 0.000000' in log   # warm-up starts at 0
-    state = torch.load(os.path.join(pretrained['work'], 'epoch2_model.pt'), weights_only=True)
-    assert state['encoder_q.temp_embed'].shape == (1, 3, 1, 16) and 'decoder_pred.weight' in state
+    # the original's checkpoint layout: {'model': encoder keys at the top level + decoder}
+    state = torch.load(os.path.join(pretrained['work'], 'epoch2_model.pt'), weights_only=True)['model']
+    assert state['temp_embed'].shape == (1, 3, 1, 16) and 'decoder_pred.weight' in state
+    assert 'blocks.1.mlp.fc2.bias' in state and not any(k.startswith('encoder_q.') for k in state)
 
 
 def eval_argv(task, pretrained, name, model_args, extra=()):
@@ -213,8 +215,9 @@ def test_linear_probe_trains_the_bn_head_on_augmented_clips(pretrained):
     assert main.main(argv) == 0
     log = open(os.path.join(pretrained['folder'], 'linear', 'log.txt')).read()
     assert 'RESULT final epoch 2' in log and 'Cached features' not in log
-    best = torch.load(os.path.join(pretrained['folder'], 'linear', 'best_model.pt'), weights_only=True)
-    assert int(best['encoder_q.fc.0.num_batches_tracked']) == 4   # the head's BN saw 2 x 2 batches
+    best = torch.load(os.path.join(pretrained['folder'], 'linear', 'best_model.pt'), weights_only=True)['model']
+    assert int(best['head.fc.0.num_batches_tracked']) == 4   # the head's BN saw 2 x 2 batches
+    assert best['head.fc.1.weight'].shape == (4, 16)   # the original's linear-probe names
 
 
 def test_knn_and_finetune_on_the_pretrained_encoder(pretrained):
@@ -257,3 +260,18 @@ def test_shipped_configs_hold_the_original_hyper_parameters():
         assert fin['label_smoothing'] == 0.1 and fin['model_args']['drop_path_rate'] == 0.3
         assert fin['model_args']['protocol'] == 'finetune' and fin['batch_size'] == 48
         assert load('knn_retrieval', folder, 'mamp', bench, 'knn_joint.yaml')['knn_k'] == [1]
+
+
+@pytest.mark.parametrize('protocol', ['linprobe', 'finetune'])
+def test_reference_checkpoint_round_trip(protocol, tmp_path):
+    from torchlight.io import load_weights, reference_state_dict
+    model = tiny(pretrain=False, protocol=protocol, num_class=5)
+    path = str(tmp_path / 'model.pt')
+    torch.save(reference_state_dict(model), path)
+    heads = {k.split('.')[1] for k in torch.load(path, weights_only=True)['model'] if k.startswith('head.')}
+    assert heads == ({'fc'} if protocol == 'linprobe' else {'fc1', 'bn', 'fc2'})
+    other = tiny(pretrain=False, protocol=protocol, num_class=5)
+    torch.nn.init.zeros_(other.encoder_q.pos_embed)
+    assert load_weights(other, path, log=lambda line: None) == []
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -188,5 +188,8 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
 
 
 def reference_state_dict(model):
-    """Flat CPU state dict with 'module.' removed: the format the reference saves and loads."""
-    return OrderedDict((strip_module(k), v.detach().cpu()) for k, v in model.state_dict().items())
+    """What our reference-format checkpoints hold: the flat CPU state dict with 'module.' removed
+    (the format the reference saves and loads), or, for a method whose original stores another
+    layout, `model.reference_checkpoint(state)` (MAMP: {'model': the original's key names})."""
+    state = OrderedDict((strip_module(k), v.detach().cpu()) for k, v in model.state_dict().items())
+    return model.reference_checkpoint(state) if hasattr(model, 'reference_checkpoint') else state
