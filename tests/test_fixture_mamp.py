@@ -135,3 +135,15 @@ def test_temp_embed_interpolated_for_another_frame_count():
     model.eval()
     with torch.no_grad():
         assert model.extract_feature(torch.from_numpy(arrays['input'][:, :, :60])).shape == (4, 64)
+
+
+def test_weight_decay_groups_match_the_original_optimizer(tmp_path):
+    from processor.pretrain_mamp import MAMPPretrain
+    from torchlight.config import build_config
+    meta, _, checkpoint = load()
+    model = pretraining_model(meta, checkpoint)
+    proc = MAMPPretrain(build_config(MAMPPretrain.options, ['--work_dir', str(tmp_path), '--use_gpu', 'false',
+                                                            '--print_log', 'false']))
+    ours = {g['weight_decay']: len(g['params']) for g in proc.build_optimizer(model).param_groups}
+    stored = read_checkpoint(checkpoint)['optimizer']['param_groups']
+    assert ours == {g['weight_decay']: len(g['params']) for g in stored} == {0.0: 95, 0.05: 52}
