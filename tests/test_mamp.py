@@ -275,3 +275,16 @@ def test_reference_checkpoint_round_trip(protocol, tmp_path):
     assert load_weights(other, path, log=lambda line: None) == []
     for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_nw_ucla_shape_20_joints_one_person_short_clips():
+    # NW-UCLA layout: 20 joints, 1 person, 50-frame clips resized to 48 frames (12 patches of 4)
+    model = tiny(num_joints=20, num_frames=48)
+    x = torch.randn(4, 3, 50, 20, 1)
+    view = make_views(x, model.views, torch.Generator().manual_seed(0),
+                      {'l_ratio': [0.5, 1.0], 'input_size': 48, 'random_rot': True})[0]
+    out = model(view)
+    out['loss'].backward()
+    assert model.num_keep(12 * 20) == 23 and out['masked_fraction'] == pytest.approx(1 - 23 / 240)
+    head = tiny(pretrain=False, num_joints=20, num_frames=48, protocol='finetune', num_class=10)
+    assert head(view).shape == (4, 10) and head.encoder_q.feature_dim == 20 * 16
