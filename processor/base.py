@@ -235,13 +235,9 @@ class Processor:
         return list(groups.values())
 
     def build_optimizer(self, model):
-        """The optimiser over `model`'s trainable parameters (a module, or an iterable of them)."""
+        """The optimiser over `model`'s trainable parameters, in param_groups(model)."""
         cfg = self.cfg
-        if isinstance(model, torch.nn.Module):
-            groups = self.param_groups(model)
-        else:
-            groups = [{'params': [p for p in model if p.requires_grad], 'weight_decay': cfg['weight_decay'],
-                       'lr_scale': 1.0}]
+        groups = self.param_groups(model)
         if cfg['optimizer'] == 'SGD':
             return torch.optim.SGD(groups, lr=cfg['base_lr'], momentum=0.9, nesterov=cfg['nesterov'])
         adam = torch.optim.AdamW if cfg['optimizer'] == 'AdamW' else torch.optim.Adam
