@@ -97,12 +97,13 @@ class MAMP(nn.Module):
         if not pretrain:
             self.encoder_q = encoder_cls(num_class=num_class, **args)
             return
-        if not 0 <= mask_ratio < 1:
-            raise ValueError(f'mask_ratio must lie in [0, 1), got {mask_ratio}')
         args.pop('num_classes', None)
         self.encoder_q = encoder_cls(num_class=None, **args)
         enc = self.encoder_q
         self.mask_ratio, self.tau, self.motion_stride = float(mask_ratio), float(motion_aware_tau), int(motion_stride)
+        if not 0 < mask_ratio < 1 or self.num_keep(enc.t_grid * enc.grid) < 1:
+            raise ValueError(f'mask_ratio must lie in (0, 1) and keep at least one of the '
+                             f'{enc.t_grid * enc.grid} tokens, got {mask_ratio}')
         if not 1 <= self.motion_stride < enc.num_frames:
             raise ValueError(f'motion_stride must lie in [1, num_frames), got {motion_stride}')
         self.norm_skes_loss = bool(norm_skes_loss)
@@ -131,7 +132,8 @@ class MAMP(nn.Module):
 
     def draw_mask(self, seq, uniform=None):
         """Token indices to keep (B, K) and the mask (B, L), 1 = masked. `uniform` (B, L): the
-        noise (default: drawn on the CPU generator, so the mask does not depend on the device)."""
+        noise (default: drawn from torch's CPU generator, which the engine seeds every step, so
+        the mask does not depend on the device)."""
         enc = self.encoder_q
         patches = patchify(seq, enc.t_patch_size, enc.patch_size)
         b, length = patches.shape[:2]

@@ -85,8 +85,9 @@ def test_bad_input_and_arguments_are_clear_errors():
         tiny()(torch.randn(1, 3, 64, 25, 2))
     with pytest.raises(ValueError, match='protocol'):
         tiny(pretrain=False, protocol='probe')
-    with pytest.raises(ValueError, match='mask_ratio'):
-        tiny(mask_ratio=1.0)
+    for ratio in (0.0, 1.0, 0.99):   # nothing masked / nothing kept of the 50 tokens
+        with pytest.raises(ValueError, match='mask_ratio'):
+            tiny(mask_ratio=ratio)
     with pytest.raises(ValueError, match='base_encoder'):
         tiny(base_encoder='net.st_gcn.Model')
 
