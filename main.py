@@ -31,14 +31,20 @@ def _task_help(name, cls):
     return '\n'.join(lines)
 
 
+def user_errors():
+    """Exception classes that mean bad input (options, files, work_dir), not a bug: main exits
+    with code 2 and one line instead of a traceback."""
+    from feeder.array_feeder import DataError
+    from torchlight.config import ConfigError
+    from torchlight.io import DataFileError, WeightsError, WorkDirError
+    return ConfigError, DataError, DataFileError, WeightsError, WorkDirError
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     from torchlight import dist
     dist.keep_freed_memory()
-    from torchlight.config import ConfigError
-    from torchlight.io import WeightsError
     from torchlight.registry import TASKS
-    from feeder.array_feeder import DataError
     tasks = TASKS.items()
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage(tasks))
@@ -51,13 +57,23 @@ def main(argv=None):
     if '-h' in rest or '--help' in rest:
         print(_task_help(name, cls))
         return 0
+    processor = None
     try:
         processor = cls.from_argv(rest)
         processor.start()
-    except (ConfigError, DataError, WeightsError) as err:
-        print(f'error: {err}', file=sys.stderr)
+    except user_errors() as err:
+        if processor is not None:
+            processor.log(f'error: {err}', echo=False)   # the run's log says why it stopped
+        if int(os.environ.get('RANK', '0')) == 0:       # once, not once per torchrun rank
+            print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
         return 2
+    except BaseException as err:
+        if processor is not None:
+            processor.log(f'failed: {type(err).__name__}: {err}', echo=False)
+        raise
     finally:
+        if processor is not None:
+            processor.close()
         dist.cleanup()
     return 0
 
