@@ -6,6 +6,7 @@ Launch with `torchrun --nproc_per_node=N main.py <task> ...` for distributed tra
 """
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,6 +30,9 @@ def _task_help(name, cls):
     lines += ['', 'Values are read as YAML scalars; several values make a list (--step 250 280);',
               'nested keys use dots (--model_args.queue_size 1024, --train_feeder_args.data_path X).']
     return '\n'.join(lines)
+
+
+RANK_EXIT_DELAY_S = 3
 
 
 def user_errors():
@@ -66,6 +70,8 @@ def main(argv=None):
             processor.log(f'error: {err}', echo=False)   # the run's log says why it stopped
         if int(os.environ.get('RANK', '0')) == 0:       # once, not once per torchrun rank
             print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
+        else:   # torchrun stops every rank once one exits: give rank 0 the time to print
+            time.sleep(RANK_EXIT_DELAY_S)
         return 2
     except BaseException as err:
         if processor is not None:

@@ -249,14 +249,17 @@ class Processor:
         return torch.stack([dataset[i][0] for i in items]), torch.tensor(items)
 
     @torch.no_grad()
-    def check_fits(self, encoder, x, where):
-        """One eval-mode forward pass of the encoder on a couple of clips `x` made as the run
-        makes them: a joint, channel, person or frame count the encoder was not built for fails
-        at set-up with the data file named, not at the first training step."""
+    def check_fits(self, encoder, x, make_inputs, where):
+        """Make the encoder inputs of a couple of raw clips `x` as the run makes them
+        (`make_inputs(x)` -> list of tensors: views, stream) and pass them through the encoder
+        once in eval mode: a joint, channel, person or frame count that the views or the
+        encoder were not built for fails at set-up with the data file named, not at the first
+        training step."""
         was_training = encoder.training
         encoder.eval()
         try:
-            encoder.extract_feature(x.to(self.device))
+            for inputs in make_inputs(x):
+                encoder.extract_feature(inputs.to(self.device))
         except ValueError as err:
             raise ConfigError(f'{where}: clips of shape (C, T, V, M) = {tuple(x.shape[1:])} do not fit '
                               f'the model: {err}') from None

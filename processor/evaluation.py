@@ -103,7 +103,7 @@ def check_inputs_fit(proc, model, dataset, split, train=False):
     """A couple of `split` clips, made as evaluation makes them, through the encoder once."""
     x, items = proc.sample_clips(dataset)
     gen = dist.generator(proc.cfg['seed'], 'set-up check')
-    proc.check_fits(model.encoder_q, eval_inputs(proc, dataset, x, items, train, gen),
+    proc.check_fits(model.encoder_q, x, lambda clips: [eval_inputs(proc, dataset, clips, items, train, gen)],
                     f'{split}_feeder_args.data_path {dataset.data_path}')
 
 

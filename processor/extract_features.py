@@ -35,7 +35,8 @@ class ExtractFeatures(Processor):
         model = self.build_model(pretrain=False,
                                  num_class=cfg['model_args'].get('num_class', 60)).to(self.device)
         self.load_weights(model)
-        self.check_fits(model.encoder_q, self.to_stream(self.read_clips(clips, 0, 2)), f'input {cfg["input"]}')
+        self.check_fits(model.encoder_q, self.read_clips(clips, 0, 2), lambda x: [self.to_stream(x)],
+                        f'input {cfg["input"]}')
         self.accept()
         model.eval()
         feats = []

@@ -92,11 +92,10 @@ class PretrainProcessor(Processor):
         """The method's views of two training clips go through the query encoder once."""
         x, items = self.sample_clips(self.dataset)
         gen = dist.generator(self.cfg['seed'], 'set-up check')
-        views = make_views(x, type(self.model).views, gen, self.dataset.view_args,
-                           self.dataset.frame_counts(items))
-        for view in views:
-            self.check_fits(self.model.encoder_q, self.to_stream(view),
-                            f"train_feeder_args.data_path {self.dataset.data_path}")
+        lengths = self.dataset.frame_counts(items)
+        self.check_fits(self.model.encoder_q, x, lambda clips: [self.to_stream(v) for v in make_views(
+            clips, type(self.model).views, gen, self.dataset.view_args, lengths)],
+            f"train_feeder_args.data_path {self.dataset.data_path}")
 
     # ------------------------------------------------------------------ resume
     def resume_path(self):
@@ -123,7 +122,7 @@ class PretrainProcessor(Processor):
         if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
             raise ConfigError(f'resume checkpoint {path} is not a training state of this framework '
                               f'(those are the {RESUME_FILE} files pretraining writes)')
-        mismatch = state_mismatch(state['model'], self.model.state_dict())
+        mismatch = state_mismatch(state['model'], self.model.state_dict(), limit=3)
         if mismatch:
             raise ConfigError(f'resume checkpoint {path} was written by a different model '
                               f'(model / model_args differ): {mismatch}')

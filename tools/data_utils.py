@@ -138,10 +138,17 @@ class AtomicOutputs:
     def __init__(self):
         self._pending = []  # (temporary path, final path)
         self._writers = []
+        self._created = []  # folders this run created (removed again when it fails)
 
     def temporary_path(self, final_path):
         final_path = os.path.abspath(os.fspath(final_path))
+        folder = os.path.dirname(final_path)
+        missing = []
+        while not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(os.path.dirname(final_path), exist_ok=True)
+        self._created.extend(missing)
         if any(final == final_path for _, final in self._pending):
             raise ValueError(f'{final_path} is written twice in one run')
         temporary = _temporary_name(final_path)
@@ -185,6 +192,10 @@ class AtomicOutputs:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)
         self._pending.clear()
+        for folder in sorted(self._created, key=len, reverse=True):   # deepest first
+            with contextlib.suppress(OSError):   # left alone when something else is inside
+                os.rmdir(folder)
+        self._created.clear()
 
     def __enter__(self):
         return self

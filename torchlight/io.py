@@ -4,6 +4,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -89,7 +90,9 @@ def read_checkpoint(path, what='checkpoint'):
     if not os.path.isfile(path):
         raise WeightsError(f'{what} not found: {path}')
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # plain pickles draw a protocol warning before the refusal explained below
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # pickle errors come in several classes
         raise WeightsError(f'{what} {path} {checkpoint_problem(path, err)}') from None
@@ -195,8 +198,9 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
 
 
 def state_mismatch(weights, own, missing=True, unexpected_hint='', limit=20):
-    """One line describing how the tensors `weights` differ from the state dict `own`
-    (unexpected keys, shape mismatches, and with `missing` the keys `weights` lacks), or ''."""
+    """One line describing how the tensors `weights` differ from the state dict `own` (shape
+    mismatches, unexpected keys and, with `missing`, the keys `weights` lacks; at most `limit`
+    of each, with the count of the rest), or '' when they fit."""
     def listed(keys):
         return f'{keys[:limit]}' + (f' ... and {len(keys) - limit} more' if len(keys) > limit else '')
     unexpected = [k for k in weights if k not in own]
@@ -204,11 +208,11 @@ def state_mismatch(weights, own, missing=True, unexpected_hint='', limit=20):
                   for k in weights if k in own and weights[k].shape != own[k].shape]
     lacking = [k for k in own if k not in weights] if missing else []
     parts = []
+    if mismatched:
+        parts.append(f'shape mismatches: {listed(mismatched)}')
     if unexpected:
         parts.append('unexpected keys' + (f' ({unexpected_hint})' if unexpected_hint else '')
                      + f': {listed(unexpected)}')
-    if mismatched:
-        parts.append(f'shape mismatches: {listed(mismatched)}')
     if lacking:
         parts.append(f'missing keys: {listed(lacking)}')
     return '; '.join(parts)
