@@ -38,10 +38,9 @@ RANK_EXIT_DELAY_S = 3
 def user_errors():
     """Exception classes that mean bad input (options, files, work_dir), not a bug: main exits
     with code 2 and one line instead of a traceback."""
-    from feeder.array_feeder import DataError
     from torchlight.config import ConfigError
-    from torchlight.io import DataFileError, WeightsError, WorkDirError
-    return ConfigError, DataError, DataFileError, WeightsError, WorkDirError
+    from torchlight.io import DataFileError, WeightsError, WorkDirError   # DataFileError = feeder DataError
+    return ConfigError, DataFileError, WeightsError, WorkDirError
 
 
 def main(argv=None):
@@ -66,10 +65,11 @@ def main(argv=None):
         processor = cls.from_argv(rest)
         processor.start()
     except user_errors() as err:
+        line = 'error: ' + ' '.join(str(err).split())
         if processor is not None:
-            processor.log(f'error: {err}', echo=False)   # the run's log says why it stopped
+            processor.log(line, echo=False)              # the run's log says why it stopped
         if int(os.environ.get('RANK', '0')) == 0:       # once, not once per torchrun rank
-            print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
+            print(line, file=sys.stderr)
         else:   # torchrun stops every rank once one exits: give rank 0 the time to print
             time.sleep(RANK_EXIT_DELAY_S)
         return 2

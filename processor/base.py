@@ -116,6 +116,9 @@ class Processor:
         self.lock = self.open_work_dir() if self.is_main else None
         self.log = Logger(self.work_dir if cfg['save_log'] else None,
                           enabled=self.is_main, print_log=cfg['print_log'])
+        fallback = dist.cpu_fallback(cfg['device'], cfg['use_gpu'], self.device)
+        if fallback:
+            self.log(fallback)
         if self.is_main and self.stale_temporaries:
             self.log(f'removed {len(self.stale_temporaries)} temporary file(s) an interrupted write '
                      f'left: {", ".join(self.stale_temporaries)}')

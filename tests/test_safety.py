@@ -262,7 +262,6 @@ def test_joint_or_channel_count_not_matching_the_graph_fails_at_set_up(tmp_path,
 def option_cases(tmp):
     """(extra options, expected message part) of user errors in the options."""
     cases = [(['--base_lr', '-0.1'], "option 'base_lr' must be >= 0, got -0.1"),
-             (['--device', '0'], 'option device: cuda:0 asks for a GPU, but CUDA is not available'),
              (['--device', 'cuda'], 'option device: cuda asks for a GPU, but CUDA is not available'),
              (['--num_epoch', '0'], "option 'num_epoch' must be >= 1 to train the classifier, got 0"),
              (['--work_dir', os.path.join(tmp, 'file.txt', 'run')], f"cannot create work_dir {os.path.join(tmp, 'file.txt', 'run')}"),
@@ -280,6 +279,15 @@ def test_option_errors(pretrained, tmp_path, capsys):
         code, err = run_main(['linear_evaluation'] + eval_argv(data, str(work), weights, ['--use_gpu', 'true'] + extra), capsys)
         assert code == 2 and needle in err, (extra, err)
         assert not (work / 'config.yaml').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_reference_gpu_index_without_cuda_runs_on_the_cpu_with_a_warning(pretrained, tmp_path, capsys):
+    data, _, weights = pretrained
+    work = tmp_path / 'knn'
+    assert main.main(['knn_retrieval'] + eval_argv(data, str(work), weights, ['--use_gpu', 'true', '--device', '0'])) == 0
+    assert 'warning: device 0 asks for GPU(s), but CUDA is not available: running on the CPU' in \
+        (work / 'log.txt').read_text()
 
 
 def test_data_file_errors(pretrained, tmp_path, capsys):

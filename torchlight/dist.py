@@ -55,8 +55,9 @@ def release_freed_memory():
 
 def resolve_device(device='auto', use_gpu=True, local_rank=0):
     """`device`: 'auto' | 'cpu' | 'cuda' | 'cuda:N' | an int or list of ints (reference style:
-    GPU indices). `use_gpu: False` (reference key) forces the CPU. A GPU asked for on a machine
-    without one is a ConfigError, not a silent CPU run."""
+    GPU indices). `use_gpu: False` (reference key) forces the CPU. 'cuda' / 'cuda:N' on a machine
+    without CUDA is a ConfigError; a reference GPU index runs on the CPU, and `cpu_fallback`
+    says so, so that the reference YAML files (all `device: [0]`) still run on a CPU machine."""
     if not use_gpu:
         return torch.device('cpu')
     if isinstance(device, (list, tuple)):
@@ -64,8 +65,10 @@ def resolve_device(device='auto', use_gpu=True, local_rank=0):
             device = 'auto'
         else:
             device = device[local_rank % len(device)] if is_distributed() else device[0]
-    if isinstance(device, int):
-        device = f'cuda:{device}'   # reference style: a GPU index
+    if isinstance(device, int):   # reference style: a GPU index (reference files say [0])
+        if not torch.cuda.is_available():
+            return torch.device('cpu')   # the processor logs a warning (cpu_fallback)
+        device = f'cuda:{device}'
     device = str(device)
     if device == 'auto':
         if torch.cuda.is_available():
@@ -81,6 +84,14 @@ def resolve_device(device='auto', use_gpu=True, local_rank=0):
             raise ConfigError(f'option device: {device}, but this machine has '
                               f'{torch.cuda.device_count()} GPU(s)')
     return torch.device(device)
+
+
+def cpu_fallback(device, use_gpu, resolved):
+    """The warning to log when a reference GPU index (`device: [0]`) resolved to the CPU."""
+    if use_gpu and isinstance(device, (int, list, tuple)) and resolved.type == 'cpu':
+        return (f'warning: device {device} asks for GPU(s), but CUDA is not available: running on the CPU '
+                '(set device: cpu to silence this, or use device: cuda to make it an error)')
+    return None
 
 
 def stream_seed(*parts):
