@@ -11,6 +11,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -153,33 +154,29 @@ def test_plain_pickles_still_load(tmp_path):
 # --------------------------------------------------------------------------- 2./3. one run per work_dir
 
 
-def hold_lock(work):
-    """A live process holding work's lock, as a running training would."""
-    code = ('import sys; from torchlight.files import WorkDirLock; WorkDirLock(sys.argv[1]).acquire(); '
-            'print("locked", flush=True); sys.stdin.read()')
-    proc = subprocess.Popen([sys.executable, '-c', code, work], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == 'locked'
-    return proc
-
-
 def test_second_run_into_a_live_work_dir_is_refused_and_a_killed_one_does_not_block(pretrained, tmp_path, capsys):
     data, _, _ = pretrained
     work = str(tmp_path / 'w')
-    argv = ['pretrain_skeletonclr'] + pretrain_argv(data, work, epochs=1)
-    assert main.main(argv) == 0
-    before = snapshot(work)
-    holder = hold_lock(work)
+    argv = ['pretrain_skeletonclr'] + pretrain_argv(data, work, epochs=200)
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py')] + argv, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        code, err = run_main(argv[:] + ['--resume', 'auto', '--num_epoch', '2'], capsys)
-        assert code == 2 and f'work_dir {work} is in use by another run (pid {holder.pid}' in err
-        assert snapshot(work) == before
+        marker = os.path.join(work, 'epoch1_model.pt')
+        deadline = time.time() + 120
+        while not os.path.exists(marker) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None
+        code, err = run_main(argv + ['--resume', 'auto'], capsys)
+        assert code == 2 and f'work_dir {work} is in use by another run (pid {first.pid}' in err
+        assert first.poll() is None    # the first run goes on
     finally:
-        holder.send_signal(signal.SIGKILL)   # killed: its .lock file stays, the flock goes
-        holder.wait()
+        first.send_signal(signal.SIGKILL)   # killed: its .lock file stays, the kernel drops the flock
+        first.wait()
     assert os.path.exists(os.path.join(work, '.lock'))
-    assert main.main(argv + ['--resume', 'auto', '--num_epoch', '2']) == 0
-    assert torch.load(os.path.join(work, 'checkpoint_last.pt'), weights_only=True)['epoch'] == 2
+    done = torch.load(os.path.join(work, 'checkpoint_last.pt'), weights_only=True)['epoch']
+    assert main.main(argv + ['--resume', 'auto', '--num_epoch', str(done + 1)]) == 0
+    assert torch.load(os.path.join(work, 'checkpoint_last.pt'), weights_only=True)['epoch'] == done + 1
+    assert 'is in use' not in open(os.path.join(work, 'log.txt')).read()   # the refused run wrote nothing there
 
 
 def test_refused_run_keeps_config_and_logs_the_error(pretrained, tmp_path, capsys):
