@@ -89,6 +89,7 @@ EVAL_OPTIONS = {
     'test_batch_size': Opt(128, int, 'evaluation batch size'),
     'show_topk': Opt([1, 5], (list, int), 'top-k accuracies to report'),
     'save_interval': Opt(-1, int, 'epochs between model checkpoints (-1: never; best_model.pt is always kept)'),
+    'label_smoothing': Opt(0.0, float, 'label smoothing of the cross-entropy (MAMP fine-tuning: 0.1)'),
     'cache_features': Opt('auto', tristate, "auto | true | false: train the classifier on cached features "
                                        "(auto = when the training data has no augmentation)"),
     'overwrite': OVERWRITE_OPTION,
@@ -233,7 +234,7 @@ class ClassifierProcessor(Processor):
         self.net = self.model
         if self.world_size > 1 and not self.cached:
             self.net = DistributedDataParallel(self.model)
-        optimizer = self.build_optimizer(self.model.parameters())
+        optimizer = self.build_optimizer(self.model)
         train_writer, val_writer = self.writer('train'), self.writer('val')
         best = {'top1': -1.0}
         final = {}
@@ -241,8 +242,11 @@ class ClassifierProcessor(Processor):
             lr = self.set_lr(optimizer, epoch)
             self.set_train_mode()
             losses = []
-            for inputs, labels in self.train_batches(epoch):
-                loss = F.cross_entropy(self.scores(inputs), labels)
+            steps = self.steps_per_epoch()
+            for step, (inputs, labels) in enumerate(self.train_batches(epoch)):
+                if self.per_iteration_lr:   # cosine schedule: lr moves every iteration (MAE/MAMP)
+                    lr = self.set_lr(optimizer, epoch, step / steps)
+                loss = F.cross_entropy(self.scores(inputs), labels, label_smoothing=cfg['label_smoothing'])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.clip_gradients()
@@ -282,8 +286,16 @@ class ClassifierProcessor(Processor):
             write_json(os.path.join(self.work_dir, 'results.json'), summary)
         return summary
 
+    def steps_per_epoch(self):
+        if self.cached:
+            return max(len(self.train_feats) // self.cfg['batch_size'], 1)
+        return max(len(self.loader), 1)
+
     def set_train_mode(self):
-        self.model.eval()   # linear evaluation: frozen BN statistics, no dropout
+        # linear evaluation: the frozen encoder in eval mode (BN statistics, no dropout); the
+        # classifier trains (MAMP's BatchNorm1d(affine=False) head follows batch statistics)
+        self.model.eval()
+        self.model.encoder_q.fc.train()
 
     def clip_gradients(self):
         pass
