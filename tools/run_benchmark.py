@@ -93,6 +93,8 @@ class Job:
                      '--test_feeder_args.label_path', paths['test_label']]
         self.test_label = paths['test_label']
         self.common = ['--stream', stream, '--seed', str(seed), '--print_log', 'false']
+        # an evaluation stage without its marker did not finish: its partial outputs are redone
+        self.redo = ['--overwrite', 'true']
 
     # ----------------------------------------------------------------- commands
     @property
@@ -131,10 +133,11 @@ class Job:
         config = self.row['evaluate'] if self.kind != 'raw' else self.suite['raw_baseline']['evaluate']
         out.append(('linear', os.path.join(self.work_dir, 'linear', 'results.json'),
                     main + ['linear_evaluation', '--config', config, '--work_dir',
-                            os.path.join(self.work_dir, 'linear')] + weights + self.data + self.common + extra))
+                            os.path.join(self.work_dir, 'linear')] + weights + self.data + self.common + self.redo
+                    + extra))
         out.append(('knn', os.path.join(self.work_dir, 'knn', 'knn_results.json'),
                     main + ['knn_retrieval', '--config', config, '--work_dir', os.path.join(self.work_dir, 'knn'),
-                            '--knn_k', '1', '5'] + weights + self.data + self.common + extra))
+                            '--knn_k', '1', '5'] + weights + self.data + self.common + self.redo + extra))
         return out
 
     # ----------------------------------------------------------------- results
