@@ -49,7 +49,8 @@ def make_views(x, kinds, gen, view_args, lengths=None):
                     temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6),
                     aug_method=view_args.get('aug_method') or '12345',
                     layout=view_args.get('layout'),
-                    blur_normalized=view_args.get('blur_normalized', True))
+                    blur_normalized=view_args.get('blur_normalized', True),
+                    aug_order=view_args.get('aug_order', 'written'))
     if composite_views:
         made = composite.apply_views(x, list(composite_views.values()))
         for position, view in zip(composite_views, made):
@@ -89,6 +90,9 @@ def check_view_args(view_args, where):
                              f'crop) with values in (0, 1], got {ratio!r}')
         if len(ratio) == 2 and ratio[0] > ratio[1]:
             raise ValueError(f'{where}.l_ratio: low {ratio[0]} > high {ratio[1]}')
+    order = view_args.get('aug_order')
+    if order is not None and order not in composite.AUG_ORDERS:
+        raise ValueError(f'{where}.aug_order must be one of {composite.AUG_ORDERS}, got {order!r}')
     size = view_args.get('input_size')
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f'{where}.input_size must be a positive integer, got {size!r}')
