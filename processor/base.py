@@ -124,8 +124,14 @@ class Processor:
 
     @classmethod
     def build_config(cls, argv):
-        """The typed config of `argv` (defaults < YAML < command line, `behaviour` presets)."""
-        return build_config(cls.options, argv, presets=cls.behaviour_preset)
+        """The typed config of `argv` (defaults < YAML < command line, `behaviour` presets).
+        `{stream}` in `work_dir` / `weights` becomes the stream, so one file serves every stream
+        (`--stream bone`)."""
+        cfg = build_config(cls.options, argv, presets=cls.behaviour_preset)
+        for key in ('work_dir', 'weights'):
+            if isinstance(cfg.get(key), str):
+                cfg[key] = cfg[key].replace('{stream}', str(cfg['stream']))
+        return cfg
 
     @classmethod
     def behaviour_preset(cls, choice, cfg):
