@@ -254,3 +254,13 @@ def test_aimclr_extreme_view_std_matches_the_original():
     fixed = view_stds(path, overrides=['--behaviour', 'fixed'], clips=300)['0 extreme']
     assert np.all(np.abs(reference - np.array([0.608, 0.605, 0.607])) < 0.04), reference
     assert np.all(fixed < 0.47), fixed
+
+
+def test_asar_compat_writes_feature_dimension_rows_and_the_fix_does_not():
+    from tools.asar_queue_effect import queue_effect
+    report = queue_effect(os.path.join(ROOT, 'config/ntu60/pretext/pretext_asar_xsub.yaml'), [
+        '--model_args.queue_size', '512', '--model_args.hidden_channels', '2', '--model_args.hidden_dim', '8'])
+    assert report['compat']['feature-dimension rows'] > 0 and report['compat']['displaced keys'] == 0
+    assert report['fixed']['feature-dimension rows'] == 0
+    assert sum(report['fixed'].values()) == sum(report['compat'].values()) == 128
+    assert report['columns differing'] > 0
