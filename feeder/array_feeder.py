@@ -54,16 +54,15 @@ def balanced_subset(labels, fraction, seed):
     return np.sort(np.concatenate(chosen))
 
 
-def first_per_class(labels, fraction):
+def first_per_class(labels, fraction, seed=None):
     """Indices of the AS-CAL semi-supervised subset: the first int(fraction * N / #classes)
-    clips of every class in file order (at least one), sorted."""
+    clips of every class in file order (at least one), sorted. Deterministic: `seed` unused."""
     labels = np.asarray(labels)
     count = max(1, int(fraction * len(labels) / len(np.unique(labels))))
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:count] for c in np.unique(labels)]))
 
 
-SUBSET_RULES = {'balanced': lambda labels, fraction, seed: balanced_subset(labels, fraction, seed),
-                'first': lambda labels, fraction, seed: first_per_class(labels, fraction)}
+SUBSET_RULES = {'balanced': balanced_subset, 'first': first_per_class}   # (labels, fraction, seed) -> indices
 
 
 @FEEDERS.register('skeleton_array', aliases=[
@@ -75,7 +74,8 @@ class SkeletonArrayDataset(Dataset):
     label_percent < 1 keeps a class-balanced subset (semi-supervised protocol): `subset_rule`
     'balanced' draws round(label_percent * n_c) clips of each class from `subset_seed` (the
     AimCLR `Feeder_semi` rule), 'first' keeps the first int(label_percent * N / #classes) clips
-    of each class in file order (the AS-CAL rule). `check_finite` scans the array once (in chunks) for NaN/inf.
+    of each class in file order (the AS-CAL rule). `check_finite` scans the array once (in
+    chunks) for NaN/inf.
     `num_frame_path`: an int .npy (N,) of true frame counts (ISC/HiCo data, padded cyclically);
     the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys.
     """

@@ -11,7 +11,6 @@ def top1_positive(logits):
     return (logits.argmax(dim=1) == 0).float().mean()
 
 
-
 # The original fine-tuning / semi-supervised processors (AimCLR repository) train with the
 # whole model in eval mode: frozen BN statistics, no dropout (reference doc 4.4, 4.5).
 FINETUNE_BEHAVIOURS = {'reference': {'bn_mode': 'eval'}, 'fixed': {'bn_mode': 'train'}}
