@@ -77,14 +77,15 @@ class SkeletonArrayDataset(Dataset):
     of each class in file order (the AS-CAL rule). `check_finite` scans the array once (in
     chunks) for NaN/inf.
     `num_frame_path`: an int .npy (N,) of true frame counts (ISC/HiCo data, padded cyclically);
-    the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys.
+    the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys (MAMP's p_interval /
+    window_size), `random_rot` (true or an angle) MAMP's rotation after the crop.
     """
 
     def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
                  check_finite=True, shear_amplitude=None, temperal_padding_ratio=None,
                  aug_method=None, blur_normalized=None, layout=None, num_frame_path=None,
-                 l_ratio=None, input_size=None, window_size=-1, debug=False, aug_order=None,
-                 subset_rule='balanced'):
+                 l_ratio=None, input_size=None, random_rot=None, window_size=-1, debug=False,
+                 aug_order=None, subset_rule='balanced'):
         if not os.path.isfile(data_path):
             raise DataError(f'data file not found: {data_path}')
         try:
@@ -114,7 +115,7 @@ class SkeletonArrayDataset(Dataset):
             aug_method = str(aug_method)
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
                      aug_method=aug_method, blur_normalized=blur_normalized, layout=layout,
-                     l_ratio=l_ratio, input_size=input_size, aug_order=aug_order)
+                     l_ratio=l_ratio, input_size=input_size, random_rot=random_rot, aug_order=aug_order)
         self.view_args = {k: v for k, v in given.items() if v is not None}
         try:
             check_view_args(self.view_args, 'feeder_args')

@@ -91,6 +91,7 @@ EVAL_OPTIONS = {
     'test_batch_size': Opt(128, int, 'evaluation batch size'),
     'show_topk': Opt([1, 5], (list, int), 'top-k accuracies to report'),
     'save_interval': Opt(-1, int, 'epochs between model checkpoints (-1: never; best_model.pt is always kept)'),
+    'label_smoothing': Opt(0.0, float, 'label smoothing of the cross-entropy (MAMP fine-tuning: 0.1)'),
     'cache_features': Opt('auto', tristate, "auto | true | false: train the classifier on cached features "
                                        "(auto = when the training data has no augmentation)"),
 }
@@ -213,7 +214,7 @@ class ClassifierProcessor(Processor):
         self.net = self.model
         if self.world_size > 1 and not self.cached:
             self.net = DistributedDataParallel(self.model)
-        optimizer = self.build_optimizer(self.model.parameters())
+        optimizer = self.build_optimizer(self.model)
         train_writer, val_writer = self.writer('train'), self.writer('val')
         best = {'top1': -1.0}
         final = {}
@@ -221,9 +222,12 @@ class ClassifierProcessor(Processor):
             lr = self.set_lr(optimizer, epoch)
             self.set_train_mode()
             losses, hits, seen = [], 0, 0
-            for inputs, labels in self.train_batches(epoch):
+            steps = self.steps_per_epoch()
+            for step, (inputs, labels) in enumerate(self.train_batches(epoch)):
+                if self.per_iteration_lr:   # cosine schedule: lr moves every iteration (MAE/MAMP)
+                    lr = self.set_lr(optimizer, epoch, step / steps)
                 scores = self.scores(inputs)
-                loss = F.cross_entropy(scores, labels)
+                loss = F.cross_entropy(scores, labels, label_smoothing=cfg['label_smoothing'])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.clip_gradients()
@@ -267,8 +271,16 @@ class ClassifierProcessor(Processor):
                 json.dump(summary, f, indent=1)
         return summary
 
+    def steps_per_epoch(self):
+        if self.cached:
+            return max(len(self.train_feats) // self.cfg['batch_size'], 1)
+        return max(len(self.loader), 1)
+
     def set_train_mode(self):
-        self.model.eval()   # linear evaluation: frozen BN statistics, no dropout
+        # linear evaluation: the frozen encoder in eval mode (BN statistics, no dropout); the
+        # classifier trains (MAMP's BatchNorm1d(affine=False) head follows batch statistics)
+        self.model.eval()
+        self.model.encoder_q.fc.train()
 
     def after_train_epoch(self, epoch, train_acc):
         pass

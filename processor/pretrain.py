@@ -75,7 +75,7 @@ class PretrainProcessor(Processor):
             self.model = dist.convert_sync_batchnorm(self.model)   # same parameters and keys
         self.view_kinds = type(self.model).views
         self.view_args = self.dataset.view_args
-        self.optimizer = self.build_optimizer(self.model.parameters())
+        self.optimizer = self.build_optimizer(self.model)
         self.net = self.model
         if cfg['compile']:
             self.model.encoder_q.compile()   # in place: state-dict keys stay unchanged
@@ -166,6 +166,8 @@ class PretrainProcessor(Processor):
         started = time.perf_counter()
         bar = self.progress(self.loader, desc=f'epoch {epoch}/{self.cfg["num_epoch"]}')
         for step, (x, _, items) in enumerate(bar):
+            if self.per_iteration_lr:   # cosine schedule: lr moves every iteration (MAE/MAMP)
+                lr = self.set_lr(self.optimizer, epoch, step / len(self.loader))
             x = x.to(self.device, non_blocking=True).float()
             lengths = self.dataset.frame_counts(items)
             out = self.train_step(x, epoch, step, None if lengths is None else lengths.to(self.device))

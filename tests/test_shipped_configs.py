@@ -4,6 +4,7 @@ distinct model configuration), and the feeders built on a tiny stand-in array of
 file expects, with one batch of the method's views drawn from it."""
 import functools
 import glob
+import inspect
 import json
 import os
 import pickle
@@ -88,13 +89,14 @@ def test_config_builds_through_its_task(path, tmp_path):
     else:
         args.setdefault('num_class', 60)
         args['pretrain'] = False
-    default_encoder = 'hico_encoder' if cfg['model'] in ('hico', 'hico.builder.HiCo') else \
-        'ascal_lstm' if MODELS.canonical(cfg['model']) == 'ascal' else 'net.st_gcn.Model'
-    check_kwargs(args, 'model_args', model_cls, ENCODERS.get(args.get('base_encoder', default_encoder)))
+    default = inspect.signature(model_cls).parameters.get('base_encoder')   # the method's own encoder
+    default = default.default if default is not None else 'net.st_gcn.Model'
+    check_kwargs(args, 'model_args', model_cls, ENCODERS.get(args.get('base_encoder', default)))
     assert build_model(cfg['model'], json.dumps(args, sort_keys=True))
-    assert cfg['stream'] in ('joint', 'motion', 'bone') and cfg['optimizer'] in ('SGD', 'Adam')
-    if cfg['model_args'].get('pretrain', True) is False:
-        # the key encoder is dropped by name, or by selecting the query branch (weights_prefix)
+    assert cfg['stream'] in ('joint', 'motion', 'bone') and cfg['optimizer'] in ('SGD', 'Adam', 'AdamW')
+    if cfg['model_args'].get('pretrain', True) is False and not hasattr(model_cls, 'adapt_weights'):
+        # the key encoder is dropped by name, or by selecting the query branch (weights_prefix);
+        # a method with adapt_weights (MAMP) drops its decoder itself
         assert cfg['ignore_weights'] and ('encoder_k' in cfg['ignore_weights'] or cfg['weights_prefix'])
     if cfg['stream'] != 'joint':   # joint/motion/bone files differ in the stream only
         assert cfg['stream'] in os.path.basename(path)

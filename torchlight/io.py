@@ -143,7 +143,8 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
     0. `container` picks a top-level entry of the file (else 'state_dict', 'model', ...);
     1. keys lose everything up to the last 'module.'; 2. with `prefix`, only the keys under it
     are kept and become `encoder_q.*` (see select_prefix; '' = every key, for files that hold
-    a bare encoder such as AS-CAL's); 3. every key starting with an
+    a bare encoder such as AS-CAL's); 2b. a model with `adapt_weights(weights, path, log)`
+    maps its original's key layout to its own (MAMP); 3. every key starting with an
     `ignore_weights` prefix is dropped; 4. keys the model has but the file lacks are listed
     and keep their current values; 5. keys the file has but the model lacks, and shape
     mismatches, are errors. `rename` optionally maps {old prefix: new prefix} first.
@@ -155,6 +156,8 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
         weights = select_prefix(weights, prefix, path=path)
     for old, new in (rename or {}).items():
         weights = OrderedDict((new + k[len(old):] if k.startswith(old) else k, v) for k, v in weights.items())
+    if hasattr(model, 'adapt_weights'):   # a method that reads its original's file layout (MAMP)
+        weights = model.adapt_weights(weights, path=path, log=log)
     for dropped in ignore_weights:
         for key in [k for k in weights if k.startswith(dropped)]:
             log(f'Filter [{dropped}] remove weights [{key}].')
@@ -185,5 +188,8 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
 
 
 def reference_state_dict(model):
-    """Flat CPU state dict with 'module.' removed: the format the reference saves and loads."""
-    return OrderedDict((strip_module(k), v.detach().cpu()) for k, v in model.state_dict().items())
+    """What our reference-format checkpoints hold: the flat CPU state dict with 'module.' removed
+    (the format the reference saves and loads), or, for a method whose original stores another
+    layout, `model.reference_checkpoint(state)` (MAMP: {'model': the original's key names})."""
+    state = OrderedDict((strip_module(k), v.detach().cpu()) for k, v in model.state_dict().items())
+    return model.reference_checkpoint(state) if hasattr(model, 'reference_checkpoint') else state
