@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from feeder.streams import to_stream
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, build_config, check_kwargs, dump
-from torchlight.io import Logger, load_weights, summary_writer
+from torchlight.io import Logger, WorkDirError, WorkDirLock, load_weights, remove_stale_temporaries, summary_writer
 from torchlight.registry import ENCODERS, FEEDERS, MODELS
 
 
@@ -104,28 +104,68 @@ BASE_OPTIONS = {
 }
 
 
+# Evaluation tasks add it: results of an earlier run in work_dir are replaced only on request.
+OVERWRITE_OPTION = Opt(False, bool, 'replace the results an earlier run left in work_dir (default: refuse)')
+
+
 class Processor:
     """Base task. Subclasses extend `options` and implement `start()`."""
 
     options = BASE_OPTIONS
     description = ''
     behaviour_scope = None   # which table of a method's `behaviours` this task applies
+    lock = None
+    stale_temporaries = ()
 
     def __init__(self, cfg, argv=()):
         self.cfg = cfg
+        self.argv = list(argv)
         self.validate()
         self.device = dist.resolve_device(cfg['device'], cfg['use_gpu'], dist.local_rank())
         dist.init_distributed(self.device)
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self.work_dir = cfg['work_dir']
-        os.makedirs(self.work_dir, exist_ok=True)
+        # rank 0 owns the work_dir for the whole run: a second run into it is refused
+        self.lock = self.open_work_dir() if self.is_main else None
         self.log = Logger(self.work_dir if cfg['save_log'] else None,
                           enabled=self.is_main, print_log=cfg['print_log'])
-        if self.is_main:
-            self._write_config(argv)
+        fallback = dist.cpu_fallback(cfg['device'], cfg['use_gpu'], self.device)
+        if fallback:
+            self.log(fallback)
+        if self.is_main and self.stale_temporaries:
+            self.log(f'removed {len(self.stale_temporaries)} temporary file(s) an interrupted write '
+                     f'left: {", ".join(self.stale_temporaries)}')
         dist.seed_everything(cfg['seed'] + self.rank, cfg['deterministic'])
         self.interactive = sys.stdout.isatty() and self.is_main
+
+    def open_work_dir(self):
+        """Create work_dir, take its lock (WorkDirError when another live run holds it) and
+        delete the temporary files a killed checkpoint write left there."""
+        if os.path.exists(self.work_dir) and not os.path.isdir(self.work_dir):
+            raise WorkDirError(f'work_dir {self.work_dir} is a file, not a folder')
+        try:
+            os.makedirs(self.work_dir, exist_ok=True)
+        except OSError as err:
+            raise WorkDirError(f'cannot create work_dir {self.work_dir}: {err.strerror or err}') from None
+        lock = WorkDirLock(self.work_dir).acquire()
+        self.stale_temporaries = remove_stale_temporaries(self.work_dir)
+        return lock
+
+    def accept(self):
+        """The run passed its checks and set-up: only now its effective configuration replaces
+        `config.yaml` (the previous one is kept under a time-stamped name), so a refused or
+        failed start leaves the config that describes the files beside it. Tasks call this
+        before they write any result."""
+        if self.is_main:
+            self._write_config(self.argv)
+
+    def close(self):
+        """Release the work_dir lock and the log file (main.py calls it after every run)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        self.log.close()
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -174,6 +214,9 @@ class Processor:
         for key in ('batch_size', 'test_batch_size'):
             if cfg[key] < 1:
                 raise ConfigError(f'option {key!r} must be >= 1, got {cfg[key]}')
+        for key in ('base_lr', 'weight_decay', 'num_epoch'):
+            if cfg[key] < 0:
+                raise ConfigError(f'option {key!r} must be >= 0, got {cfg[key]}')
 
     def _write_config(self, argv):
         path = os.path.join(self.work_dir, 'config.yaml')
@@ -237,6 +280,44 @@ class Processor:
         return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=train,
                           num_workers=workers, pin_memory=self.device.type == 'cuda',
                           persistent_workers=workers > 0)
+
+    def check_full_batch(self, dataset, split='train'):
+        """Training drops the last partial batch: a split smaller than one batch trains nothing."""
+        if len(dataset) < self.cfg['batch_size']:
+            raise ConfigError(f"batch_size {self.cfg['batch_size']} is larger than the {split} split "
+                              f"({len(dataset)} clips of {self.cfg[f'{split}_feeder_args'].get('data_path')}): "
+                              'no full batch to train on')
+
+    @staticmethod
+    def sample_clips(dataset, count=2):
+        """The first `count` clips of `dataset` as a batch, with their item indices."""
+        items = list(range(min(count, len(dataset))))
+        return torch.stack([dataset[i][0] for i in items]), torch.tensor(items)
+
+    @torch.no_grad()
+    def check_fits(self, encoder, x, make_inputs, where):
+        """Make the encoder inputs of a couple of raw clips `x` as the run makes them
+        (`make_inputs(x)` -> list of tensors: views, stream) and pass them through the encoder
+        once in eval mode: a joint, channel, person or frame count that the views or the
+        encoder were not built for fails at set-up with the data file named, not at the first
+        training step."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            for inputs in make_inputs(x):
+                encoder.extract_feature(inputs.to(self.device))
+        except ValueError as err:
+            raise ConfigError(f'{where}: clips of shape (C, T, V, M) = {tuple(x.shape[1:])} do not fit '
+                              f'the model: {err}') from None
+        finally:
+            encoder.train(was_training)
+
+    def check_outputs(self, *names):
+        """Refuse to replace results of an earlier run in work_dir unless `overwrite` is set."""
+        existing = [n for n in names if os.path.exists(os.path.join(self.work_dir, n))]
+        if existing and not self.cfg.get('overwrite'):
+            raise ConfigError(f'work_dir {self.work_dir} already holds {", ".join(existing)} of an earlier '
+                              'run; pass --overwrite true to replace them or choose another work_dir')
 
     def to_stream(self, x):
         return to_stream(x, self.cfg['stream'])

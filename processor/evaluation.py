@@ -6,9 +6,7 @@ pooled features of both splits are computed once and the classifier is trained o
 100 epochs then cost one encoder pass (the result equals running the encoder every epoch).
 """
 import inspect
-import json
 import os
-import pickle
 
 import numpy as np
 import torch
@@ -17,10 +15,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from feeder.views import eval_view, has_augmentation, make_views
-from processor.base import BASE_OPTIONS, Processor
+from processor.base import BASE_OPTIONS, OVERWRITE_OPTION, Processor
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, coerce
-from torchlight.io import atomic_save, reference_state_dict
+from torchlight.io import atomic_save, reference_state_dict, write_json, write_pickle
 from torchlight.registry import FEEDERS, TASKS
 
 CLASSIFIER_PREFIX = 'encoder_q.fc.'
@@ -94,7 +92,21 @@ EVAL_OPTIONS = {
     'label_smoothing': Opt(0.0, float, 'label smoothing of the cross-entropy (MAMP fine-tuning: 0.1)'),
     'cache_features': Opt('auto', tristate, "auto | true | false: train the classifier on cached features "
                                        "(auto = when the training data has no augmentation)"),
+    'overwrite': OVERWRITE_OPTION,
 }
+
+# What an evaluation writes into work_dir; a re-run refuses to replace them without --overwrite.
+EVAL_OUTPUTS = {'train': ('results.json', 'best_model.pt', 'test_result.pkl', 'test_result_final.pkl',
+                          'best_train_model.pt'),
+                'test': ('test_result.pkl',)}
+
+
+def check_inputs_fit(proc, model, dataset, split, train=False):
+    """A couple of `split` clips, made as evaluation makes them, through the encoder once."""
+    x, items = proc.sample_clips(dataset)
+    gen = dist.generator(proc.cfg['seed'], 'set-up check')
+    proc.check_fits(model.encoder_q, x, lambda clips: [eval_inputs(proc, dataset, clips, items, train, gen)],
+                    f'{split}_feeder_args.data_path {dataset.data_path}')
 
 
 class ClassifierProcessor(Processor):
@@ -103,11 +115,21 @@ class ClassifierProcessor(Processor):
     options = EVAL_OPTIONS
     train_encoder = False
 
+    def validate(self):
+        super().validate()
+        if self.cfg['phase'] == 'train' and self.cfg['num_epoch'] < 1:
+            raise ConfigError(f"option 'num_epoch' must be >= 1 to train the classifier, got {self.cfg['num_epoch']}")
+
     # ------------------------------------------------------------------ setup
     def setup(self):
         cfg = self.cfg
+        if cfg['phase'] == 'test' and not cfg['weights']:
+            raise ConfigError("phase: test needs 'weights'")
+        self.check_outputs(*EVAL_OUTPUTS[cfg['phase']])
         self.test_set = self.build_dataset('test')
         self.train_set = self.build_dataset('train') if cfg['phase'] == 'train' else None
+        if self.train_set is not None:
+            self.check_full_batch(self.train_set)
         num_class = cfg['model_args'].get('num_class') or (self.train_set or self.test_set).num_class
         self.model = self.build_model(pretrain=False, num_class=num_class).to(self.device)
         self.load_weights(self.model)
@@ -117,6 +139,9 @@ class ClassifierProcessor(Processor):
                  f'{len(trainable)} trainable tensors')
         self.view_args = self.train_set.view_args if self.train_set else {}
         view_kind(self.test_set, train=False)   # a bad crop setting fails before any work
+        check_inputs_fit(self, self.model, self.test_set, 'test')
+        if self.train_set is not None:
+            check_inputs_fit(self, self.model, self.train_set, 'train', train=True)
         cache = cfg['cache_features']
         self.cached = (not self.train_encoder) and (
             cache is True or (cache == 'auto' and not has_augmentation(self.view_args)))
@@ -183,10 +208,7 @@ class ClassifierProcessor(Processor):
             if len(set(names)) != len(names):
                 self.log('warning: duplicate sample names in the test split; scores keyed by name collapse')
             result = {n: s for n, s in zip(names, logits.numpy().astype(np.float32))}
-            path = os.path.join(self.work_dir, name)
-            with open(path + '.tmp', 'wb') as f:
-                pickle.dump(result, f)
-            os.replace(path + '.tmp', path)
+            write_pickle(os.path.join(self.work_dir, name), result)
 
     def report(self, accuracy, loss, tag):
         text = ' '.join(f'Top{k}: {100 * v:.2f}%' for k, v in accuracy.items())
@@ -195,9 +217,8 @@ class ClassifierProcessor(Processor):
     # ------------------------------------------------------------------ training
     def start(self):
         self.setup()
+        self.accept()
         if self.cfg['phase'] == 'test':
-            if not self.cfg['weights']:
-                raise ConfigError("phase: test needs 'weights'")
             self.cached = False
             self.net = self.model
             logits, accuracy, loss = self.evaluate()
@@ -235,7 +256,9 @@ class ClassifierProcessor(Processor):
                 losses.append(loss.item())
                 hits += (scores.detach().argmax(1) == labels).sum().item()
                 seen += len(labels)
-            mean_loss = float(np.mean(losses)) if losses else float('nan')
+            mean_loss = float(np.mean(losses))
+            if not np.isfinite(mean_loss):
+                raise FloatingPointError(f'train loss of epoch {epoch} is {mean_loss} (lower base_lr?)')
             train_acc = dist.all_reduce_mean(hits / max(seen, 1))
             train_writer.add_scalar('loss', mean_loss, epoch)
             train_writer.add_scalar('top1', train_acc, epoch)
@@ -267,8 +290,7 @@ class ClassifierProcessor(Processor):
         self.log(f'RESULT final epoch {final["epoch"]}: {fmt(final["accuracy"])} | '
                  f'best epoch {best["epoch"]} (selected on the test split): {fmt(best["accuracy"])}')
         if self.is_main:
-            with open(os.path.join(self.work_dir, 'results.json'), 'w') as f:
-                json.dump(summary, f, indent=1)
+            write_json(os.path.join(self.work_dir, 'results.json'), summary)
         return summary
 
     def steps_per_epoch(self):

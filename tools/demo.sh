@@ -12,6 +12,7 @@ if [ ! -f data/demo_frame50/val_position.npy ]; then
   python tools/aimclr_preprocess.py --data_path data/demo --out_folder data/demo_frame50 --splits train val --quiet
 fi
 python main.py pretrain_skeletonclr --config config/demo/pretrain_skeletonclr.yaml --resume auto "$@"
-python main.py linear_evaluation --config config/demo/linear_eval_skeletonclr.yaml
-python main.py knn_retrieval --config config/demo/knn_skeletonclr.yaml
+# a re-run of the demo replaces the evaluation results of the previous one
+python main.py linear_evaluation --config config/demo/linear_eval_skeletonclr.yaml --overwrite true
+python main.py knn_retrieval --config config/demo/knn_skeletonclr.yaml --overwrite true
 echo "Demo done: results in work_dir/demo/skeletonclr/{linear/results.json,knn/knn_results.json}"

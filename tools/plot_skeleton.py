@@ -10,10 +10,12 @@ bodies are skipped. Camera x points right, so a person facing the camera appears
 """
 import argparse
 import os
-import pickle
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import data_utils as du  # noqa: E402
 
 # NTU bone list, 1-based (child, parent).
 NTU_BONES = ((1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21),
@@ -29,12 +31,6 @@ def bone_color(child):
     if child in RIGHT_JOINTS:
         return 'tab:red'
     return 'black'
-
-
-def read_labels(label_path):
-    with open(label_path, 'rb') as f:
-        names, labels = pickle.load(f)
-    return list(names), [int(x) for x in labels]
 
 
 def read_class_names(path, num_class):
@@ -106,11 +102,13 @@ def main(argv=None):
     parser.add_argument('--max_classes', type=int, default=12, help='rows at most (default: 12)')
     args = parser.parse_args(argv)
 
-    data = np.load(args.data, mmap_mode='r')
-    if data.ndim != 5 or data.shape[1] < 2:
-        print(f'error: {args.data}: expected (N, C, T, V, M), got {data.shape}', file=sys.stderr)
-        return 1
-    names, labels = read_labels(args.label)
+    data = du.load_npy(args.data, mmap=True, what='data file')
+    if data.ndim != 5 or data.shape[1] < 2 or data.shape[3] != 25:
+        raise du.DataFormatError(f'{args.data}: expected (N, C, T, V=25, M) clips of the NTU layout, '
+                                 f'got {data.shape}')
+    names, labels = du.load_labels(args.label)
+    if len(labels) != len(data):
+        raise du.DataFormatError(f'{args.label}: {len(labels)} labels but {args.data} holds {len(data)} clips')
     classes_path = args.classes or os.path.join(os.path.dirname(args.label), 'classes.txt')
     class_names = read_class_names(classes_path, max(labels) + 1)
     plot_clips(data, labels, names, class_names, args.out, args.num_frames, args.max_classes)
@@ -119,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(du.cli(main))
