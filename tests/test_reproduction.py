@@ -16,8 +16,19 @@ from tests.conftest import ROOT
 from tests.test_evaluation import eval_argv, pretrained  # noqa: F401  (fixture)
 from tests.test_shipped_configs import CONFIGS, load
 from tools.view_stats import view_stds
+from torchlight.registry import MODELS
 
-REFERENCE = [p for p in CONFIGS if not p.endswith('_fixed.yaml') and os.sep + 'demo' + os.sep not in p]
+# the methods whose original-named files carry `behaviour` (issue 12); MAMP's are its own
+COVERED = {'skeletonclr', 'aimclr', 'asar', 'isc', 'isc_inter', 'hico', 'ascal'}
+
+
+def method_of(path):
+    with open(path) as f:
+        return MODELS.canonical(yaml.safe_load(f)['model'])
+
+
+REFERENCE = [p for p in CONFIGS if not p.endswith('_fixed.yaml') and os.sep + 'demo' + os.sep not in p
+             and method_of(p) in COVERED]
 FIXED = [p for p in CONFIGS if p.endswith('_fixed.yaml')]
 
 
