@@ -71,6 +71,35 @@ def extract_features(proc, model, dataset, batch_size=None):
     return feats[order].cpu(), labels[order].cpu()
 
 
+@torch.no_grad()
+def recalibrate_bn(proc, model, dataset):
+    """Re-estimates the running statistics of every batch-norm layer of `model` from one pass
+    over `dataset` (its evaluation view, no labels used; the cumulative average over batches),
+    with everything else in eval mode. An untrained encoder otherwise normalises with the
+    initial mean 0 / variance 1 and its pooled features are almost constant."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    for x, _, i in proc.progress(proc.build_loader(dataset, train=False), desc='bn statistics'):
+        model.extract_feature(eval_inputs(proc, dataset, x, i))
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
+    model.train(was_training)
+    proc.log(f'Batch-norm statistics of {len(norms)} layers re-estimated on {len(dataset)} training clips')
+
+
+RECALIBRATE_BN_OPTION = Opt(False, bool, 're-estimate the batch-norm statistics of the encoder on the training '
+                                         'clips (no labels) before evaluating: the untrained-encoder baseline')
+
+
 def topk_accuracy(scores, labels, ks):
     """{k: fraction of rows whose label is among the k highest scores} (k >= classes: all hit)."""
     top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
@@ -92,6 +121,7 @@ EVAL_OPTIONS = {
     'label_smoothing': Opt(0.0, float, 'label smoothing of the cross-entropy (MAMP fine-tuning: 0.1)'),
     'cache_features': Opt('auto', tristate, "auto | true | false: train the classifier on cached features "
                                        "(auto = when the training data has no augmentation)"),
+    'recalibrate_bn': RECALIBRATE_BN_OPTION,
     'overwrite': OVERWRITE_OPTION,
 }
 
@@ -226,6 +256,8 @@ class ClassifierProcessor(Processor):
             self.save_scores(logits, 'test_result.pkl')
             return {'test': accuracy}
         cfg = self.cfg
+        if cfg['recalibrate_bn']:
+            recalibrate_bn(self, self.model, self.train_set)
         if self.cached:
             self.train_feats, self.train_labels = extract_features(self, self.model, self.train_set)
             self.test_feats, self.test_labels = extract_features(self, self.model, self.test_set)

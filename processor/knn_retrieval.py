@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from processor.base import BASE_OPTIONS, OVERWRITE_OPTION, Processor
-from processor.evaluation import check_inputs_fit, extract_features
+from processor.evaluation import RECALIBRATE_BN_OPTION, check_inputs_fit, extract_features, recalibrate_bn
 from torchlight.config import ConfigError, Opt
 from torchlight.io import write_json
 from torchlight.registry import TASKS
@@ -33,6 +33,7 @@ class KNNRetrieval(Processor):
         **BASE_OPTIONS,
         'knn_k': Opt([1], (list, int), 'numbers of neighbours to evaluate (one accuracy each)'),
         'test_batch_size': Opt(256, int, 'feature extraction batch size'),
+        'recalibrate_bn': RECALIBRATE_BN_OPTION,
         'overwrite': OVERWRITE_OPTION,
     }
 
@@ -47,6 +48,8 @@ class KNNRetrieval(Processor):
         check_inputs_fit(self, model, train_set, 'train')
         check_inputs_fit(self, model, test_set, 'test')
         self.accept()
+        if cfg['recalibrate_bn']:
+            recalibrate_bn(self, model, train_set)
         train_feats, train_labels = extract_features(self, model, train_set)
         test_feats, test_labels = extract_features(self, model, test_set)
         result = {}

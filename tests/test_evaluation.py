@@ -187,3 +187,25 @@ def test_num_frame_file_errors_and_subset_lookup(tiny_data):
         SkeletonArrayDataset(data, label, num_frame_path=bad + '.missing')
     with pytest.raises(DataError, match=r'feeder_args.l_ratio must be'):
         SkeletonArrayDataset(data, label, l_ratio=[0.5, 1.0, 2.0])
+
+
+def test_recalibrate_bn_estimates_the_training_statistics(tiny_data, tmp_path):
+    """Untrained-encoder baseline: the batch-norm statistics come from the training clips (3 equal
+    batches, so the cumulative average is the mean over all clips); without it they stay 0 / 1."""
+    work = str(tmp_path / 'recal')
+    argv = eval_argv(tiny_data, work, extra=['--recalibrate_bn', 'true', '--test_batch_size', '8',
+                                             '--num_epoch', '1', '--eval_interval', '1'])
+    LinearEvaluation.from_argv(argv).start()
+    state = torch.load(os.path.join(work, 'best_model.pt'), weights_only=True)
+    x = torch.from_numpy(np.load(tiny_data['train'][0]))            # (N, C, T, V, M)
+    n, c, t, v, m = x.shape
+    per_channel = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)  # ST-GCN data_bn layout
+    expected = per_channel.mean(dim=(0, 2))
+    torch.testing.assert_close(state['encoder_q.data_bn.running_mean'], expected, atol=1e-5, rtol=1e-5)
+    assert int(state['encoder_q.data_bn.num_batches_tracked']) == 3
+    assert state['encoder_q.st_gcn_networks.9.tcn.0.running_var'].sub(1).abs().max() > 1e-3
+
+    plain = str(tmp_path / 'plain')
+    LinearEvaluation.from_argv(eval_argv(tiny_data, plain, extra=['--num_epoch', '1', '--eval_interval', '1'])).start()
+    state = torch.load(os.path.join(plain, 'best_model.pt'), weights_only=True)
+    assert torch.equal(state['encoder_q.data_bn.running_mean'], torch.zeros(v * c))

@@ -121,3 +121,19 @@ def test_runner_bad_suite_exit_2(tmp_path, capsys):
     bad.write_text('name: x\nrows: []\n')
     assert run_benchmark.main(['--suite', str(bad)]) == 2
     assert "missing key 'splits'" in capsys.readouterr().err
+
+
+def test_shipped_suites_name_existing_configs():
+    """Every shipped suite parses and every file it names exists (tests/test_shipped_configs.py builds them)."""
+    suites = [os.path.join(run_benchmark.ROOT, 'config', d, 'benchmark.yaml')
+              for d in os.listdir(os.path.join(run_benchmark.ROOT, 'config'))]
+    suites = [p for p in suites if os.path.isfile(p)]
+    assert suites
+    for path in suites:
+        suite = run_benchmark.load_suite(path)
+        files = [suite['raw_baseline']['evaluate']] if 'raw_baseline' in suite else []
+        for row in suite['rows']:
+            files += [row['evaluate']] + ([row['pretrain'][1]] if 'pretrain' in row else [])
+        for f in files:
+            assert os.path.isfile(os.path.join(run_benchmark.ROOT, f)), f'{path}: {f} missing'
+        assert set(suite['results']) == set(suite['splits'])

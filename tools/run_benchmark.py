@@ -83,7 +83,7 @@ class Job:
     def __init__(self, suite, row, stream, seed, split, tag, overrides, kind):
         self.suite, self.row, self.stream, self.seed = suite, row, stream, seed
         self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
-        folder = row['method'] if kind == 'ssl' else f'{kind}_{row["method"]}'
+        folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords'}[kind]
         root = suite['work_root'] + ('' if split == 'test' else f'_{split}')
         self.work_dir = os.path.join(root, folder + (f'_{tag}' if tag else ''), stream, f'seed{seed}')
         paths = suite['splits'][split]
@@ -128,6 +128,8 @@ class Job:
                                 '--train_feeder_args.label_path', 'null'] + self.common + self.overrides))
             weights = ['--weights', self.final_checkpoint()]
         extra = list(self.row.get('evaluate_args', []))
+        if self.kind == 'untrained':   # random weights, batch-norm statistics of the training clips
+            extra += ['--recalibrate_bn', 'true']
         if self.kind == 'raw':
             extra = list(self.suite['raw_baseline']['evaluate_args'])
         config = self.row['evaluate'] if self.kind != 'raw' else self.suite['raw_baseline']['evaluate']
