@@ -162,7 +162,8 @@ class Job:
         knn = json.load(open(os.path.join(self.work_dir, 'knn', 'knn_results.json')))
         pct = lambda v: round(100 * v, 2)
         name = self.row['method'] if self.kind == 'ssl' else (
-            f'untrained {self.row["method"]}' if self.kind == 'untrained' else 'raw coordinates')
+            f'untrained {self.row.get("architecture", self.row["method"])}' if self.kind == 'untrained'
+            else 'raw coordinates')
         config = self.row['pretrain'][1] if self.kind == 'ssl' else (
             self.row['evaluate'] if self.kind == 'untrained' else self.suite['raw_baseline']['evaluate'])
         return {
@@ -264,14 +265,19 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def merge_rows(path, new_rows, key=('method', 'stream', 'seed', 'split')):
+def row_key(row):
+    """A result row is identified by its work_dir (an ensemble by method, seed and split)."""
+    return row.get('work_dir') or (row['method'], row.get('kind'), row['seed'], row['split'])
+
+
+def merge_rows(path, new_rows):
     """The rows already in `path` with the new ones replacing those of the same key."""
     old = []
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f)
-    fresh = {tuple(r[k] for k in key) for r in new_rows}
-    return [r for r in old if tuple(r.get(k) for k in key) not in fresh] + new_rows
+    fresh = {row_key(r) for r in new_rows}
+    return [r for r in old if row_key(r) not in fresh] + new_rows
 
 
 # --------------------------------------------------------------------------- main
