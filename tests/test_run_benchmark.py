@@ -137,3 +137,21 @@ def test_shipped_suites_name_existing_configs():
         for f in files:
             assert os.path.isfile(os.path.join(run_benchmark.ROOT, f)), f'{path}: {f} missing'
         assert set(suite['results']) == set(suite['splits'])
+
+
+def test_plot_results_draws_rows_and_refuses_bad_files(tmp_path, capsys):
+    from tools import plot_results
+    rows = [{'method': 'skeletonclr', 'kind': 'ssl', 'stream': s, 'seed': seed, 'linear_top1_final': acc,
+             'pretrain_seconds': 600.0} for s, seed, acc in (('joint', 0, 60.0), ('joint', 1, 64.0), ('bone', 0, 58.0))]
+    rows += [{'method': 'raw coordinates', 'kind': 'raw', 'stream': 'joint', 'seed': 0, 'linear_top1_final': 41.8,
+              'pretrain_seconds': 0},
+             {'method': 'skeletonclr', 'kind': 'ensemble', 'seed': 0, 'linear_top1_final': 70.0}]
+    results = tmp_path / 'rows.json'
+    results.write_text(json.dumps(rows))
+    out = tmp_path / 'plot.png'
+    assert plot_results.main(['--results', str(results), '--out', str(out)]) == 0
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    results.write_text('{"not": "rows"}')
+    assert plot_results.main(['--results', str(results), '--out', str(tmp_path / 'x.png')]) == 2
+    assert 'expected a list of result rows' in capsys.readouterr().err
+    assert not (tmp_path / 'x.png').exists()
