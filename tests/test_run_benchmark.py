@@ -104,6 +104,13 @@ def test_runner_resumes_an_interrupted_pretraining(tmp_path):
     log = open(os.path.join(work, 'pretrain', 'log.txt')).read()
     assert 'resum' in log.lower() and 'Epoch 2 done' in log and log.count('Epoch 1 done') == 1
 
+    # an intermediate epoch evaluated afterwards: its own rows, its part of the pretraining time
+    assert run_benchmark.main(['--suite', path, '--baselines', 'no', '--eval-epochs', '1']) == 0
+    rows = {(r['method'], r['epochs']): r for r in json.load(open(suite['results']['test']))}
+    first, last = rows[('skeletonclr', 1)], rows[('skeletonclr', 2)]
+    assert os.path.isfile(os.path.join(work, 'linear_e1', 'results.json'))
+    assert 0 < first['pretrain_seconds'] < last['pretrain_seconds']
+
 
 @pytest.mark.parametrize('argv, message', [
     (['--split', 'val'], "no split 'val'"),

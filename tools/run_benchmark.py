@@ -19,7 +19,9 @@ config/nw_ucla/benchmark.yaml.
 """
 import argparse
 import datetime
+import functools
 import json
+import math
 import os
 import platform
 import re
@@ -80,8 +82,9 @@ def read_config(path):
 class Job:
     """One (row, stream, seed) of a suite on one split: its commands, folders and results."""
 
-    def __init__(self, suite, row, stream, seed, split, tag, overrides, kind):
+    def __init__(self, suite, row, stream, seed, split, tag, overrides, kind, at_epoch=None):
         self.suite, self.row, self.stream, self.seed = suite, row, stream, seed
+        self.at_epoch = at_epoch   # evaluate this intermediate checkpoint (None: the final one)
         self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
         folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords'}[kind]
         root = suite['work_root'] + ('' if split == 'test' else f'_{split}')
@@ -113,13 +116,18 @@ class Job:
     def final_checkpoint(self):
         return os.path.join(self.pretrain_dir(), f'epoch{self.epochs}_model.pt')
 
+    def eval_dir(self, stage):
+        return os.path.join(self.work_dir, stage + (f'_e{self.at_epoch}' if self.at_epoch else ''))
+
     def stages(self):
         """[(name, done-marker file, argv)] in order."""
         main = [sys.executable, 'main.py']
         paths = self.suite['splits'][self.split]
         out = []
         weights = ['--weights', 'null']
-        if self.kind == 'ssl':
+        if self.at_epoch:   # the pretraining stage belongs to the final-epoch job
+            weights = ['--weights', os.path.join(self.pretrain_dir(), f'epoch{self.at_epoch}_model.pt')]
+        elif self.kind == 'ssl':
             task, config = self.row['pretrain']
             # Pretraining reads the unlabelled training clips only (no label_path).
             out.append(('pretrain', self.final_checkpoint(),
@@ -133,19 +141,18 @@ class Job:
         if self.kind == 'raw':
             extra = list(self.suite['raw_baseline']['evaluate_args'])
         config = self.row['evaluate'] if self.kind != 'raw' else self.suite['raw_baseline']['evaluate']
-        out.append(('linear', os.path.join(self.work_dir, 'linear', 'results.json'),
+        out.append(('linear', os.path.join(self.eval_dir('linear'), 'results.json'),
                     main + ['linear_evaluation', '--config', config, '--work_dir',
-                            os.path.join(self.work_dir, 'linear')] + weights + self.data + self.common + self.redo
-                    + extra))
-        out.append(('knn', os.path.join(self.work_dir, 'knn', 'knn_results.json'),
-                    main + ['knn_retrieval', '--config', config, '--work_dir', os.path.join(self.work_dir, 'knn'),
+                            self.eval_dir('linear')] + weights + self.data + self.common + self.redo + extra))
+        out.append(('knn', os.path.join(self.eval_dir('knn'), 'knn_results.json'),
+                    main + ['knn_retrieval', '--config', config, '--work_dir', self.eval_dir('knn'),
                             '--knn_k', '1', '5'] + weights + self.data + self.common + self.redo + extra))
         return out
 
     # ----------------------------------------------------------------- results
     def pretrain_seconds(self):
-        """Sum of the epoch times in the pretraining log (the last entry of each epoch, so a
-        resumed run counts each epoch once)."""
+        """Sum of the epoch times in the pretraining log up to the evaluated epoch (the last
+        entry of each epoch, so a resumed run counts each epoch once)."""
         log = os.path.join(self.pretrain_dir(), 'log.txt')
         if not os.path.isfile(log):
             return None
@@ -153,13 +160,13 @@ class Job:
         with open(log) as f:
             for line in f:
                 m = re.search(r'Epoch (\d+) done .*\| ([\d.]+) s, ', line)
-                if m:
+                if m and int(m.group(1)) <= (self.at_epoch or self.epochs):
                     times[int(m.group(1))] = float(m.group(2))
         return round(sum(times.values()), 1) if times else None
 
     def result(self):
-        linear = json.load(open(os.path.join(self.work_dir, 'linear', 'results.json')))
-        knn = json.load(open(os.path.join(self.work_dir, 'knn', 'knn_results.json')))
+        linear = json.load(open(os.path.join(self.eval_dir('linear'), 'results.json')))
+        knn = json.load(open(os.path.join(self.eval_dir('knn'), 'knn_results.json')))
         pct = lambda v: round(100 * v, 2)
         name = self.row['method'] if self.kind == 'ssl' else (
             f'untrained {self.row.get("architecture", self.row["method"])}' if self.kind == 'untrained'
@@ -175,7 +182,7 @@ class Job:
             'linear_top5_final': pct(linear['final_epoch']['accuracy']['5']),
             'knn_top1': pct(knn['k=1']), 'knn5_top1': pct(knn['k=5']),
             'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
-            'epochs': self.epochs, 'device': device_name(), 'config': config,
+            'epochs': self.at_epoch or self.epochs, 'device': device_name(), 'config': config,
             'overrides': ' '.join(self.overrides), 'commit': commit(), 'work_dir': self.work_dir,
         }
 
@@ -236,12 +243,12 @@ def mean_range(values):
 def markdown(rows, ensembles, title):
     groups = {}
     for r in rows:
-        groups.setdefault((r['method'], r['stream']), []).append(r)
+        groups.setdefault((r['method'], r['stream'], r['epochs']), []).append(r)
     lines = [f'## {title}', '',
              '| method | stream | seeds | linear top-1, final | linear top-1, best* | k-NN top-1 (k=1) | '
              'pretrain epochs | pretrain time |',
              '|---|---|---|---|---|---|---|---|']
-    for (method, stream), rs in groups.items():
+    for (method, stream, _), rs in groups.items():
         secs = [r['pretrain_seconds'] for r in rs if r['pretrain_seconds']]
         time_text = f'{sum(secs) / len(secs) / 60:.0f} min' if secs else '-'
         lines.append(f'| {method} | {stream} | {",".join(str(r["seed"]) for r in rs)} | '
@@ -266,8 +273,10 @@ def write_atomic(path, text):
 
 
 def row_key(row):
-    """A result row is identified by its work_dir (an ensemble by method, seed and split)."""
-    return row.get('work_dir') or (row['method'], row.get('kind'), row['seed'], row['split'])
+    """A result row is identified by its work_dir and epoch (an ensemble by method, seed and split)."""
+    if row.get('work_dir'):
+        return row['work_dir'], row.get('epochs')
+    return row['method'], row.get('kind'), row['seed'], row['split']
 
 
 def merge_rows(path, new_rows):
@@ -293,6 +302,9 @@ def build_parser():
                    help='also run the untrained-encoder and raw-coordinate rows (default yes)')
     p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override pretraining options (e.g. model_args.queue_size=128); needs --tag')
+    p.add_argument('--eval-epochs', type=int, nargs='+', default=[],
+                   help='also evaluate these intermediate pretraining epochs (model selection of the epoch '
+                        'count on --split val; checkpoints are saved at their greatest common divisor)')
     p.add_argument('--tag', default='', help='names a --set variant (folder and method suffix)')
     p.add_argument('--out', help='JSON rows file (default: the suite\'s results[split])')
     p.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
@@ -321,6 +333,8 @@ def run(args):
             raise SuiteError(f'--set {item!r}: expected KEY=VALUE')
         key, value = item.split('=', 1)
         overrides += [f'--{key}', value]
+    if args.eval_epochs:
+        overrides += ['--save_interval', str(functools.reduce(math.gcd, args.eval_epochs))]
     rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
     if args.rows and len(rows) != len(set(args.rows)):
         known = [r['method'] for r in suite['rows']]
@@ -333,7 +347,10 @@ def run(args):
         for stream in streams:
             for seed in seeds:
                 if args.baselines != 'only':
-                    jobs.append(Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl'))
+                    final = Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl')
+                    jobs.append(final)
+                    jobs += [Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', at_epoch=e)
+                             for e in sorted(set(args.eval_epochs)) if e < final.epochs]
                 if args.baselines != 'no' and not args.tag and row.get('untrained_baseline', True):
                     jobs.append(Job(suite, row, stream, seed, args.split, '', [], 'untrained'))
     if args.baselines != 'no' and not args.tag and 'raw_baseline' in suite and not args.rows:
@@ -376,11 +393,12 @@ def run(args):
         if not row.get('ensemble'):
             continue
         for seed in seeds:
-            by_stream = {j.stream: j for j in jobs if j.row is row and j.kind == 'ssl' and j.seed == seed}
+            by_stream = {j.stream: j for j in jobs
+                         if j.row is row and j.kind == 'ssl' and j.seed == seed and not j.at_epoch}
             if not all(s in by_stream for s in ENSEMBLE_STREAMS):
                 continue
             out = ensemble(suite['splits'][args.split]['test_label'],
-                           {s: os.path.join(by_stream[s].work_dir, 'linear', 'test_result_final.pkl')
+                           {s: os.path.join(by_stream[s].eval_dir('linear'), 'test_result_final.pkl')
                             for s in ENSEMBLE_STREAMS})
             ensembles.append({'method': row['method'] + (f' [{args.tag}]' if args.tag else ''),
                               'kind': 'ensemble', 'streams': list(ENSEMBLE_STREAMS), 'seed': seed,
