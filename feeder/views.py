@@ -27,10 +27,12 @@ def make_views(x, kinds, gen, view_args, lengths=None):
             views.append(x)
         elif kind == 'crop_pose':
             views.append(crop_resize.crop_pose_view(
-                x, lengths, gen, view_args.get('l_ratio', (0.1, 1.0)), view_args.get('input_size', 64)))
+                x, lengths, gen, view_args.get('l_ratio', (0.1, 1.0)), view_args.get('input_size', 64),
+                view_args.get('min_crop', crop_resize.MIN_CROP)))
         elif kind == 'crop_resize':   # one l_ratio entry: the centre crop (MAMP p_interval [0.95])
             ratio = view_args.get('l_ratio', (0.5, 1.0))
-            params = crop_resize.draw_random_crop(lengths, gen, ratio) if len(ratio) == 2 \
+            floor = view_args.get('min_crop', crop_resize.MIN_CROP)
+            params = crop_resize.draw_random_crop(lengths, gen, ratio, floor) if len(ratio) == 2 \
                 else crop_resize.centre_crop(lengths, ratio[0])
             views.append(crop_resize.apply_crop_resize(x, params, view_args.get('input_size', 64)))
         elif kind == 'center_crop':
@@ -116,6 +118,9 @@ def check_view_args(view_args, where):
     rot = view_args.get('random_rot')
     if rot is not None and (isinstance(rot, str) or not 0 <= float(rot) <= math.pi):
         raise ValueError(f'{where}.random_rot must be true, false or an angle in radians, got {rot!r}')
+    floor = view_args.get('min_crop')
+    if floor is not None and (not isinstance(floor, int) or floor < 1):
+        raise ValueError(f'{where}.min_crop must be a positive integer, got {floor!r}')
     size = view_args.get('input_size')
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f'{where}.input_size must be a positive integer, got {size!r}')

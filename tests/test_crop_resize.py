@@ -53,6 +53,25 @@ def test_random_crop_follows_the_reference_bounds():
     assert abs((p.start[long].float() / room.clamp(min=1))[room > 10].mean().item() - 0.5) < 0.05
 
 
+def test_min_crop_lowers_the_floor_for_short_clips():
+    """`min_crop` (feeder key): short datasets (NW-UCLA, 50 frames) crop below the reference's 64."""
+    x = clips(n=400, t=50, v=20, m=1)
+    lengths = torch.full((400,), 50)
+    views = make_views(x, ('crop_resize', 'crop_pose'), torch.Generator().manual_seed(1),
+                       {'l_ratio': (0.5, 1.0), 'input_size': 50, 'min_crop': 8}, lengths)
+    assert all(v.shape == (400, 3, 50, 20, 1) for v in views)
+    p = cr.draw_random_crop(lengths, torch.Generator().manual_seed(1), (0.5, 1.0), min_length=8)
+    assert int(p.length.min()) == 25 and int(p.length.max()) <= 50 and (p.length < 50).float().mean() > 0.9
+    # the reference floor takes these clips whole, and the views then differ from a cropped one
+    whole = make_views(x, ('crop_resize',), torch.Generator().manual_seed(1),
+                       {'l_ratio': (0.5, 1.0), 'input_size': 50}, lengths)[0]
+    torch.testing.assert_close(whole, x)
+    assert not torch.allclose(views[0], x)
+    with pytest.raises(ValueError, match='min_crop must be a positive integer'):
+        from feeder.views import check_view_args
+        check_view_args({'min_crop': 0}, 'train_feeder_args')
+
+
 def test_centre_crop_matches_reference_formula():
     lengths = torch.tensor([300, 103, 20, 1])
     p = cr.centre_crop(lengths, 0.95)
