@@ -7,6 +7,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from feeder.layouts import get_layout
 from feeder.streams import to_stream
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, build_config, check_kwargs, dump
@@ -100,6 +101,7 @@ class Processor:
     def __init__(self, cfg, argv=()):
         self.cfg = cfg
         self.validate()
+        self.layout = self.configured_layout()
         self.device = dist.resolve_device(cfg['device'], cfg['use_gpu'], dist.local_rank())
         dist.init_distributed(self.device)
         self.rank, self.world_size = dist.rank(), dist.world_size()
@@ -131,6 +133,20 @@ class Processor:
         for key in ('batch_size', 'test_batch_size'):
             if cfg[key] < 1:
                 raise ConfigError(f'option {key!r} must be >= 1, got {cfg[key]}')
+
+    def configured_layout(self):
+        """The skeleton layout the config names (model_args.graph_args.layout or
+        *_feeder_args.layout; a built-in name or a layout file), or None: streams and
+        augmentations then infer the built-in layout from the joint count."""
+        cfg = self.cfg
+        graph_args = cfg['model_args'].get('graph_args')
+        named = {f'{split}_feeder_args.layout': cfg[f'{split}_feeder_args'].get('layout')
+                 for split in ('train', 'test')}
+        named['model_args.graph_args.layout'] = graph_args.get('layout') if isinstance(graph_args, dict) else None
+        given = {key: value for key, value in named.items() if value is not None}
+        if len({get_layout(value) for value in given.values()}) > 1:
+            raise ConfigError(f'the config names different skeleton layouts: {given}')
+        return next(iter(given.values()), None)
 
     def _write_config(self, argv):
         path = os.path.join(self.work_dir, 'config.yaml')
@@ -179,7 +195,14 @@ class Processor:
         except KeyError as err:
             raise ConfigError(f"option '{split}_feeder': {err.args[0]}") from None
         check_kwargs(args, f'{split}_feeder_args', feeder_cls)
-        return feeder_cls(**args)
+        dataset = feeder_cls(**args)
+        if self.layout is not None and hasattr(dataset, 'view_args'):
+            try:   # the data has the layout's joint count
+                get_layout(self.layout, dataset.shape[3])
+            except ConfigError as err:
+                raise ConfigError(f"{split}_feeder_args.data_path {args.get('data_path')}: {err}") from None
+            dataset.view_args.setdefault('layout', self.layout)   # flips use the same joints
+        return dataset
 
     def build_loader(self, dataset, train, batch_size=None):
         """A loader over this rank's shard; the order depends only on (seed, epoch)."""
@@ -196,7 +219,7 @@ class Processor:
                           persistent_workers=workers > 0)
 
     def to_stream(self, x):
-        return to_stream(x, self.cfg['stream'])
+        return to_stream(x, self.cfg['stream'], self.layout)
 
     # ------------------------------------------------------------------ optimisation
     def build_optimizer(self, params):
