@@ -7,6 +7,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from feeder.class_names import load_class_names
 from feeder.layouts import get_layout
 from feeder.streams import to_stream
 from torchlight import dist
@@ -69,6 +70,8 @@ BASE_OPTIONS = {
     'batch_size': Opt(256, int, 'global training batch size (split over ranks under torchrun)'),
     'test_batch_size': Opt(256, int, 'evaluation batch size'),
     'stream': Opt('joint', str, 'joint | motion | bone, applied to every view'),
+    'class_names': Opt(None, str, 'class names: ntu60 | ntu120 | pkummd | nw-ucla | demo | a file with one name '
+                                  'per line (default: classes.txt or meta.json beside the test labels)'),
     # -- model
     'model': Opt(None, str, 'method class (e.g. skeletonclr, net.aimclr.AimCLR)'),
     'model_args': Opt({}, dict, 'method and encoder constructor arguments'),
@@ -177,9 +180,14 @@ class Processor:
         return model_cls(**args)
 
     def load_weights(self, model):
+        """Initialise from `weights` (if set); returns the model keys the file lacked."""
         if self.cfg['weights']:
-            load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log,
+            return load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log,
                          prefix=self.cfg['weights_prefix'], container=self.cfg['weights_container'])
+        return []
+
+    def class_names(self, num_class):
+        return load_class_names(self.cfg['class_names'], num_class, self.cfg['test_feeder_args'].get('label_path'))
 
     def count_parameters(self, model):
         return sum(p.numel() for p in model.parameters())

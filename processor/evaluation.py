@@ -18,6 +18,7 @@ from torch.utils.data import DistributedSampler
 
 from feeder.views import eval_view, has_augmentation, make_views
 from processor.base import BASE_OPTIONS, Processor
+from processor.confusion import write_report
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, coerce
 from torchlight.io import atomic_save, reference_state_dict
@@ -202,7 +203,9 @@ class ClassifierProcessor(Processor):
             logits, accuracy, loss = self.evaluate()
             self.report(accuracy, loss, 'Test')
             self.save_scores(logits, 'test_result.pkl')
-            return {'test': accuracy}
+            summary = {'test': accuracy, **self.class_report(logits, 'confusion_test', 'Test')}
+            self.write_json(summary, 'test_results.json')
+            return summary
         cfg = self.cfg
         if self.cached:
             self.train_feats, self.train_labels = extract_features(self, self.model, self.train_set)
@@ -252,14 +255,27 @@ class ClassifierProcessor(Processor):
                 self.save_model(f'epoch{epoch}_model.pt')
         train_writer.close()
         val_writer.close()
-        summary = {'final_epoch': final, 'best_epoch': best}
+        summary = {'final_epoch': final, 'best_epoch': best,
+                   **self.class_report(logits, 'confusion', f'Final epoch {final["epoch"]}')}
         fmt = lambda acc: ', '.join(f'top{k} {100 * v:.2f}%' for k, v in acc.items())
         self.log(f'RESULT final epoch {final["epoch"]}: {fmt(final["accuracy"])} | '
                  f'best epoch {best["epoch"]} (selected on the test split): {fmt(best["accuracy"])}')
-        if self.is_main:
-            with open(os.path.join(self.work_dir, 'results.json'), 'w') as f:
-                json.dump(summary, f, indent=1)
+        self.write_json(summary, 'results.json')
         return summary
+
+    def class_report(self, logits, name, title):
+        """Confusion matrix PNG and per-class accuracy of the test logits (label order)."""
+        num_class = logits.shape[1]
+        rows, counts = write_report(self, self.test_set.labels(), logits.argmax(1).numpy(), num_class,
+                                    self.class_names(num_class), name, title)
+        return {'per_class': {'epoch': title, 'classes': rows}, 'confusion_matrix': counts.tolist()}
+
+    def write_json(self, summary, name):
+        if self.is_main:
+            path = os.path.join(self.work_dir, name)
+            with open(path + '.tmp', 'w') as f:
+                json.dump(summary, f, indent=1)
+            os.replace(path + '.tmp', path)
 
     def set_train_mode(self):
         self.model.eval()   # linear evaluation: frozen BN statistics, no dropout

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from processor.base import BASE_OPTIONS, Processor
+from processor.confusion import write_report
 from processor.evaluation import extract_features
 from torchlight.config import ConfigError, Opt
 from torchlight.registry import TASKS
@@ -44,13 +45,21 @@ class KNNRetrieval(Processor):
         self.load_weights(model)
         train_feats, train_labels = extract_features(self, model, train_set)
         test_feats, test_labels = extract_features(self, model, test_set)
-        result = {}
+        result, details = {}, {'per_class': {}, 'confusion_matrix': {}}
+        num_class = max(int(train_labels.max()), int(test_labels.max())) + 1
+        names = self.class_names(num_class)
         for k in cfg['knn_k']:
             pred = knn_predict(train_feats, train_labels, test_feats, k)
             result[k] = (pred == test_labels).float().mean().item()
             self.log(f'k-NN (k={k}) top-1: {100 * result[k]:.2f}% '
                      f'({len(test_set)} queries, {len(train_set)} references)')
+            rows, counts = write_report(self, test_labels.numpy(), pred.numpy(), num_class, names,
+                                        f'confusion_k{k}', f'k-NN (k={k})')
+            details['per_class'][f'k={k}'] = rows
+            details['confusion_matrix'][f'k={k}'] = counts.tolist()
         if self.is_main:
-            with open(os.path.join(self.work_dir, 'knn_results.json'), 'w') as f:
-                json.dump({f'k={k}': v for k, v in result.items()}, f, indent=1)
+            path = os.path.join(self.work_dir, 'knn_results.json')
+            with open(path + '.tmp', 'w') as f:
+                json.dump({**{f'k={k}': v for k, v in result.items()}, **details}, f, indent=1)
+            os.replace(path + '.tmp', path)
         return result
