@@ -1,10 +1,16 @@
-"""extract_features: pooled (N, D) float32 features of the query encoder for clips in a .npy file."""
+"""extract_features: pooled (N, D) float32 features of the query encoder for clips in a .npy file.
+
+Any evaluation config (linear, fine-tuning, k-NN) works as --config. Without `weights` the
+features are those of the untrained encoder (initialised from `seed`): the baseline that
+self-supervision has to beat."""
 import os
 
 import numpy as np
 import torch
 
-from processor.base import BASE_OPTIONS, Processor
+from processor.base import Processor
+from processor.evaluation import FINETUNE_OPTIONS
+from processor.knn_retrieval import KNN_OPTIONS
 from torchlight.config import ConfigError, Opt
 from torchlight.registry import TASKS
 
@@ -13,7 +19,7 @@ from torchlight.registry import TASKS
 class ExtractFeatures(Processor):
     description = 'write the pooled features of the (query) encoder for clips (N, C, T, V, M) in a .npy file'
     options = {
-        **BASE_OPTIONS,
+        **FINETUNE_OPTIONS, **KNN_OPTIONS,   # evaluation and k-NN configs are accepted as they are
         'input': Opt(None, str, 'clips as a .npy array (N, C, T, V, M)'),
         'output': Opt(None, str, 'where to write the (N, D) float32 features (.npy)'),
         'test_batch_size': Opt(256, int, 'batch size'),
@@ -22,7 +28,7 @@ class ExtractFeatures(Processor):
     @torch.no_grad()
     def start(self):
         cfg = self.cfg
-        for key in ('input', 'output', 'weights'):
+        for key in ('input', 'output'):
             if not cfg[key]:
                 raise ConfigError(f"extract_features needs --{key}")
         if not os.path.isfile(cfg['input']):
@@ -32,7 +38,10 @@ class ExtractFeatures(Processor):
             raise ConfigError(f'{cfg["input"]}: expected (N, C, T, V, M), got shape {clips.shape}')
         model = self.build_model(pretrain=False,
                                  num_class=cfg['model_args'].get('num_class', 60)).to(self.device)
-        self.load_weights(model)
+        if cfg['weights']:
+            self.load_weights(model)
+        else:
+            self.log(f"No weights: features of the untrained encoder (random initialisation, seed {cfg['seed']})")
         model.eval()
         feats = []
         for start in self.progress(range(0, len(clips), cfg['test_batch_size']), desc='features'):

@@ -27,12 +27,16 @@ def knn_predict(train_feats, train_labels, test_feats, k, chunk=1024):
     return torch.cat(predictions)
 
 
+KNN_OPTIONS = {
+    'knn_k': Opt([1], (list, int), 'numbers of neighbours to evaluate (one accuracy each)'),
+}
+
+
 @TASKS.register('knn_retrieval')
 class KNNRetrieval(Processor):
     description = 'k-NN retrieval accuracy of the frozen encoder (cosine, L2-normalised features)'
     options = {
-        **BASE_OPTIONS,
-        'knn_k': Opt([1], (list, int), 'numbers of neighbours to evaluate (one accuracy each)'),
+        **BASE_OPTIONS, **KNN_OPTIONS,
         'test_batch_size': Opt(256, int, 'feature extraction batch size'),
     }
 
