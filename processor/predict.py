@@ -219,6 +219,7 @@ class Predict(Processor):
     def print_table(self, rows, shown=20):
         k = min(3, len(rows[0]['predictions'])) if rows else 0
         width = min(32, max([len(r['sample']) for r in rows[:shown]] + [6]))
+        self.log(f"{'sample':<{width}}  top-{k} classes with probability")
         for row in rows[:shown]:
             top = '  '.join(f"{p['name'][:24]} {100 * p['probability']:5.1f}%" for p in row['predictions'][:k])
             self.log(f"{row['sample'][:width]:<{width}}  {top}")
