@@ -6,6 +6,7 @@ Launch with `torchrun --nproc_per_node=N main.py <task> ...` for distributed tra
 """
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,14 +32,22 @@ def _task_help(name, cls):
     return '\n'.join(lines)
 
 
+RANK_EXIT_DELAY_S = 3
+
+
+def user_errors():
+    """Exception classes that mean bad input (options, files, work_dir), not a bug: main exits
+    with code 2 and one line instead of a traceback."""
+    from torchlight.config import ConfigError
+    from torchlight.io import DataFileError, WeightsError, WorkDirError   # DataFileError = feeder DataError
+    return ConfigError, DataFileError, WeightsError, WorkDirError
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     from torchlight import dist
     dist.keep_freed_memory()
-    from torchlight.config import ConfigError
-    from torchlight.io import WeightsError
     from torchlight.registry import TASKS
-    from feeder.array_feeder import DataError
     tasks = TASKS.items()
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage(tasks))
@@ -51,13 +60,26 @@ def main(argv=None):
     if '-h' in rest or '--help' in rest:
         print(_task_help(name, cls))
         return 0
+    processor = None
     try:
         processor = cls.from_argv(rest)
         processor.start()
-    except (ConfigError, DataError, WeightsError) as err:
-        print(f'error: {err}', file=sys.stderr)
+    except user_errors() as err:
+        line = 'error: ' + ' '.join(str(err).split())
+        if processor is not None:
+            processor.log(line, echo=False)              # the run's log says why it stopped
+        if int(os.environ.get('RANK', '0')) == 0:       # once, not once per torchrun rank
+            print(line, file=sys.stderr)
+        else:   # torchrun stops every rank once one exits: give rank 0 the time to print
+            time.sleep(RANK_EXIT_DELAY_S)
         return 2
+    except BaseException as err:
+        if processor is not None:
+            processor.log(f'failed: {type(err).__name__}: {err}', echo=False)
+        raise
     finally:
+        if processor is not None:
+            processor.close()
         dist.cleanup()
     return 0
 

@@ -5,39 +5,25 @@ The original feeder names are aliases of this class and their augmentation keys 
 in `view_args`, which the processor hands to the view pipeline.
 """
 import inspect
-import os
-import pickle
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from feeder.views import check_view_args
+from torchlight.files import DataFileError, load_label_pickle, load_npy
 from torchlight.registry import FEEDERS
 
-
-class DataError(ValueError):
-    """Bad dataset files: the message names the file and what is wrong."""
+# Bad dataset files: the message names the file and what is wrong.
+DataError = DataFileError
 
 
 def read_labels(label_path, expected=None):
-    try:
-        with open(label_path, 'rb') as f:
-            content = pickle.load(f)
-    except FileNotFoundError:
-        raise DataError(f'label file not found: {label_path}') from None
-    except Exception as err:
-        raise DataError(f'cannot read label pickle {label_path}: {err}') from None
-    if not (isinstance(content, (tuple, list)) and len(content) == 2):
-        raise DataError(f'{label_path}: expected a pickle of (sample_names, labels), '
-                        f'got {type(content).__name__}')
-    names, labels = list(content[0]), [int(x) for x in content[1]]
-    if len(names) != len(labels):
-        raise DataError(f'{label_path}: {len(names)} sample names but {len(labels)} labels')
+    """(names, labels) of a label pickle (read with the restricted unpickler: plain values
+    only), checked against the `expected` number of clips."""
+    names, labels = load_label_pickle(label_path)
     if expected is not None and len(labels) != expected:
         raise DataError(f'{label_path}: {len(labels)} labels but the data array holds {expected} clips')
-    if labels and min(labels) < 0:
-        raise DataError(f'{label_path}: labels must be >= 0 (found {min(labels)})')
     return names, labels
 
 
@@ -63,21 +49,19 @@ class SkeletonArrayDataset(Dataset):
     label_percent < 1 keeps a class-balanced subset (semi-supervised protocol), chosen from
     `subset_seed`. `check_finite` scans the array once (in chunks) for NaN/inf.
     `num_frame_path`: an int .npy (N,) of true frame counts (ISC/HiCo data, padded cyclically);
-    the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys.
+    the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys (MAMP's p_interval /
+    window_size), `random_rot` (true or an angle) MAMP's rotation after the crop.
     """
 
     def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
                  check_finite=True, shear_amplitude=None, temperal_padding_ratio=None,
                  aug_method=None, blur_normalized=None, layout=None, num_frame_path=None,
-                 l_ratio=None, input_size=None, window_size=-1, debug=False):
-        if not os.path.isfile(data_path):
-            raise DataError(f'data file not found: {data_path}')
-        try:
-            self.data = np.load(data_path, mmap_mode='r' if mmap else None)
-        except Exception as err:
-            raise DataError(f'cannot read {data_path} as a .npy array: {err}') from None
+                 l_ratio=None, input_size=None, random_rot=None, window_size=-1, debug=False):
+        self.data = load_npy(data_path, mmap=mmap, what='data file')
         if self.data.ndim != 5:
             raise DataError(f'{data_path}: expected a 5-D array (N, C, T, V, M), got shape {self.data.shape}')
+        if self.data.shape[0] == 0:
+            raise DataError(f'{data_path}: the array holds no clips (shape {self.data.shape})')
         if check_finite:
             self._check_finite(data_path)
         n = self.data.shape[0]
@@ -97,7 +81,7 @@ class SkeletonArrayDataset(Dataset):
             aug_method = str(aug_method)
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
                      aug_method=aug_method, blur_normalized=blur_normalized, layout=layout,
-                     l_ratio=l_ratio, input_size=input_size)
+                     l_ratio=l_ratio, input_size=input_size, random_rot=random_rot)
         self.view_args = {k: v for k, v in given.items() if v is not None}
         try:
             check_view_args(self.view_args, 'feeder_args')
@@ -106,12 +90,7 @@ class SkeletonArrayDataset(Dataset):
         self.data_path = data_path
 
     def _read_num_frame(self, path, n):
-        try:
-            counts = np.load(path)
-        except FileNotFoundError:
-            raise DataError(f'num_frame file not found: {path}') from None
-        except Exception as err:
-            raise DataError(f'cannot read {path} as a .npy array: {err}') from None
+        counts = load_npy(path, what='num_frame file')
         if counts.shape != (n,) or not np.issubdtype(counts.dtype, np.integer):
             raise DataError(f'{path}: expected ({n},) integer frame counts, got {counts.dtype} {counts.shape}')
         if n and (counts.min() < 1 or counts.max() > self.data.shape[2]):

@@ -265,6 +265,13 @@ def apply_rotate(x, params):
     return apply_channel_matrix(x, params.matrix)
 
 
+def draw_random_rot(n, gen, theta=0.3):
+    """(n, 3, 3) rotation matrices Rz @ Ry @ Rx with the three angles ~ U(-theta, theta) (MAMP /
+    CTR-GCN `random_rot`: one rotation per clip, the same for every frame and person); apply
+    with apply_channel_matrix."""
+    return rotation_matrices(_uniform((n, 3), gen, -theta, theta))
+
+
 def draw_gaussian_noise(n, gen, sample_shape, std=0.01, p=0.5):
     """Noise is drawn only for the samples whose coin says apply."""
     applied = _coin(n, gen, p)

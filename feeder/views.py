@@ -1,4 +1,6 @@
 """Turns a raw batch into the views a method asks for (`method.views`), batched on the device."""
+import math
+
 from feeder import ascal_augment, augment, composite, crop_resize
 
 VIEW_KINDS = ('raw', 'normal', 'extreme', 'crop_pose', 'crop_resize', 'center_crop', 'ascal1', 'ascal2')
@@ -18,6 +20,7 @@ def make_views(x, kinds, gen, view_args, lengths=None):
     if any(kind in CROP_KINDS for kind in kinds):
         lengths = crop_resize.valid_lengths(x) if lengths is None else lengths
         crop_resize.check_lengths(x, lengths)
+    rotation = rotation_theta(view_args)
     views, composite_views = [], {}   # normal / extreme: drawn in order, applied together
     for position, kind in enumerate(kinds):
         if kind == 'raw':
@@ -25,8 +28,10 @@ def make_views(x, kinds, gen, view_args, lengths=None):
         elif kind == 'crop_pose':
             views.append(crop_resize.crop_pose_view(
                 x, lengths, gen, view_args.get('l_ratio', (0.1, 1.0)), view_args.get('input_size', 64)))
-        elif kind == 'crop_resize':
-            params = crop_resize.draw_random_crop(lengths, gen, view_args.get('l_ratio', (0.5, 1.0)))
+        elif kind == 'crop_resize':   # one l_ratio entry: the centre crop (MAMP p_interval [0.95])
+            ratio = view_args.get('l_ratio', (0.5, 1.0))
+            params = crop_resize.draw_random_crop(lengths, gen, ratio) if len(ratio) == 2 \
+                else crop_resize.centre_crop(lengths, ratio[0])
             views.append(crop_resize.apply_crop_resize(x, params, view_args.get('input_size', 64)))
         elif kind == 'center_crop':
             params = crop_resize.centre_crop(lengths, view_args.get('l_ratio', (0.95,))[0])
@@ -50,6 +55,8 @@ def make_views(x, kinds, gen, view_args, lengths=None):
                     aug_method=view_args.get('aug_method') or '12345',
                     layout=view_args.get('layout'),
                     blur_normalized=view_args.get('blur_normalized', True))
+        if rotation and kind in CROP_KINDS:   # MAMP random_rot, after the crop-resize
+            views[-1] = augment.apply_channel_matrix(views[-1], augment.draw_random_rot(len(x), gen, rotation))
     if composite_views:
         made = composite.apply_views(x, list(composite_views.values()))
         for position, view in zip(composite_views, made):
@@ -57,11 +64,19 @@ def make_views(x, kinds, gen, view_args, lengths=None):
     return views
 
 
+def rotation_theta(view_args):
+    """The `random_rot` key as a maximum angle in radians: true = 0.3 (MAMP / CTR-GCN), a
+    number = that angle, false / absent = 0 (no rotation)."""
+    value = view_args.get('random_rot', False)
+    return 0.3 if value is True else float(value or 0.0)
+
+
 def has_augmentation(view_args):
     """True when the evaluation training view is random: a 'normal' view that changes the clip
-    (reference: both keys <= 0 disable it) or a random crop (`l_ratio` with two entries)."""
+    (reference: both keys <= 0 disable it), a random crop (`l_ratio` with two entries) or a
+    random rotation (`random_rot`)."""
     return (view_args.get('shear_amplitude', -1) > 0 or view_args.get('temperal_padding_ratio', -1) > 0
-            or len(view_args.get('l_ratio', ())) == 2)
+            or len(view_args.get('l_ratio', ())) == 2 or rotation_theta(view_args) > 0)
 
 
 def eval_view(view_args, train):
@@ -69,6 +84,9 @@ def eval_view(view_args, train):
     is cropped and resized, a random crop ([low, high]) only when training; otherwise the
     AimCLR 'normal' augmentation when training with augmentation keys, else the raw clip."""
     ratio = view_args.get('l_ratio')
+    if rotation_theta(view_args) > 0 and not train:
+        raise ValueError('random_rot is a training augmentation; evaluation features need '
+                         'deterministic views (remove it from the test split)')
     if ratio is not None:
         if len(ratio) == 2:
             if not train:
@@ -89,6 +107,9 @@ def check_view_args(view_args, where):
                              f'crop) with values in (0, 1], got {ratio!r}')
         if len(ratio) == 2 and ratio[0] > ratio[1]:
             raise ValueError(f'{where}.l_ratio: low {ratio[0]} > high {ratio[1]}')
+    rot = view_args.get('random_rot')
+    if rot is not None and (isinstance(rot, str) or not 0 <= float(rot) <= math.pi):
+        raise ValueError(f'{where}.random_rot must be true, false or an angle in radians, got {rot!r}')
     size = view_args.get('input_size')
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f'{where}.input_size must be a positive integer, got {size!r}')

@@ -1,5 +1,6 @@
 """The engine shared by every task: options, work dir, device, model/weights, data, optimiser."""
 import inspect
+import math
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ from feeder.layouts import get_layout
 from feeder.streams import to_stream
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, build_config, check_kwargs, dump
-from torchlight.io import Logger, load_weights, summary_writer
+from torchlight.io import Logger, WorkDirError, WorkDirLock, load_weights, remove_stale_temporaries, summary_writer
 from torchlight.registry import ENCODERS, FEEDERS, MODELS
 
 
@@ -83,16 +84,29 @@ BASE_OPTIONS = {
     'weights_container': Opt(None, str, "entry of the `weights` file that holds the state dict (default: "
                                         "'state_dict' or 'model'; AS-CAL momentum encoder: 'model_ema')"),
     # -- optimisation
-    'optimizer': Opt('SGD', str, 'SGD | Adam'),
-    'base_lr': Opt(0.01, float, 'initial learning rate'),
+    'optimizer': Opt('SGD', str, 'SGD | Adam | AdamW'),
+    'base_lr': Opt(0.01, float, 'initial learning rate (cosine: the peak after warm-up)'),
     'step': Opt([], (list, int), 'epochs after which lr is multiplied by lr_decay_rate'),
     'lr_decay_rate': Opt(0.1, float, 'factor applied to lr at every epoch in step (AS-CAL linear evaluation: 0.5)'),
+    'lr_schedule': Opt('step', str, "'step' (per epoch, `step` / `lr_decay_rate`) or 'cosine' (per iteration: "
+                                    "linear warm-up over warmup_epochs, then half-cycle cosine to min_lr, as MAE/MAMP)"),
+    'warmup_epochs': Opt(0.0, float, 'cosine schedule: epochs of linear warm-up from 0 (per iteration)'),
+    'min_lr': Opt(0.0, float, 'cosine schedule: lr at the end of the last epoch'),
     'nesterov': Opt(True, bool, 'Nesterov momentum for SGD'),
+    'betas': Opt([0.9, 0.999], (list, float), 'Adam / AdamW betas (MAMP pretraining: 0.9 0.95)'),
     'weight_decay': Opt(1e-4, float, 'weight decay'),
+    'no_decay_1d': Opt(False, bool, 'no weight decay on 1-D parameters (biases, norm weights), '
+                                    "as timm's add_weight_decay (MAE/MAMP)"),
+    'layer_decay': Opt(1.0, float, 'layer-wise lr decay (BEiT/MAE fine-tuning; 1 = off): a parameter of layer '
+                                   'i of L gets lr * layer_decay ** (L - i); needs a model with layer_id()'),
     # -- accepted for compatibility with reference files of other tasks
     'mining_epoch': Opt(int(1e6), int, 'AimCLR: epoch after which nearest neighbours are mined'),
     'topk': Opt(1, int, 'AimCLR: neighbours mined per view'),
 }
+
+
+# Evaluation tasks add it: results of an earlier run in work_dir are replaced only on request.
+OVERWRITE_OPTION = Opt(False, bool, 'replace the results an earlier run left in work_dir (default: refuse)')
 
 
 class Processor:
@@ -100,9 +114,12 @@ class Processor:
 
     options = BASE_OPTIONS
     description = ''
+    lock = None
+    stale_temporaries = ()
 
     def __init__(self, cfg, argv=()):
         self.cfg = cfg
+        self.argv = list(argv)
         self.validate()
         self.layout = self.configured_layout()
         self.device = dist.resolve_device(cfg['device'], cfg['use_gpu'], dist.local_rank())
@@ -110,13 +127,46 @@ class Processor:
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self.work_dir = cfg['work_dir']
-        os.makedirs(self.work_dir, exist_ok=True)
+        # rank 0 owns the work_dir for the whole run: a second run into it is refused
+        self.lock = self.open_work_dir() if self.is_main else None
         self.log = Logger(self.work_dir if cfg['save_log'] else None,
                           enabled=self.is_main, print_log=cfg['print_log'])
-        if self.is_main:
-            self._write_config(argv)
+        fallback = dist.cpu_fallback(cfg['device'], cfg['use_gpu'], self.device)
+        if fallback:
+            self.log(fallback)
+        if self.is_main and self.stale_temporaries:
+            self.log(f'removed {len(self.stale_temporaries)} temporary file(s) an interrupted write '
+                     f'left: {", ".join(self.stale_temporaries)}')
         dist.seed_everything(cfg['seed'] + self.rank, cfg['deterministic'])
         self.interactive = sys.stdout.isatty() and self.is_main
+
+    def open_work_dir(self):
+        """Create work_dir, take its lock (WorkDirError when another live run holds it) and
+        delete the temporary files a killed checkpoint write left there."""
+        if os.path.exists(self.work_dir) and not os.path.isdir(self.work_dir):
+            raise WorkDirError(f'work_dir {self.work_dir} is a file, not a folder')
+        try:
+            os.makedirs(self.work_dir, exist_ok=True)
+        except OSError as err:
+            raise WorkDirError(f'cannot create work_dir {self.work_dir}: {err.strerror or err}') from None
+        lock = WorkDirLock(self.work_dir).acquire()
+        self.stale_temporaries = remove_stale_temporaries(self.work_dir)
+        return lock
+
+    def accept(self):
+        """The run passed its checks and set-up: only now its effective configuration replaces
+        `config.yaml` (the previous one is kept under a time-stamped name), so a refused or
+        failed start leaves the config that describes the files beside it. Tasks call this
+        before they write any result."""
+        if self.is_main:
+            self._write_config(self.argv)
+
+    def close(self):
+        """Release the work_dir lock and the log file (main.py calls it after every run)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        self.log.close()
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -129,13 +179,24 @@ class Processor:
             raise ConfigError(f"option 'phase' must be train or test, got {cfg['phase']!r}")
         if cfg['stream'] not in ('joint', 'motion', 'bone'):
             raise ConfigError(f"option 'stream' must be joint, motion or bone, got {cfg['stream']!r}")
-        if cfg['optimizer'] not in ('SGD', 'Adam'):
-            raise ConfigError(f"option 'optimizer' must be SGD or Adam, got {cfg['optimizer']!r}")
+        if cfg['optimizer'] not in ('SGD', 'Adam', 'AdamW'):
+            raise ConfigError(f"option 'optimizer' must be SGD, Adam or AdamW, got {cfg['optimizer']!r}")
+        if cfg['lr_schedule'] not in ('step', 'cosine'):
+            raise ConfigError(f"option 'lr_schedule' must be step or cosine, got {cfg['lr_schedule']!r}")
+        if not 0 <= cfg['warmup_epochs'] < max(cfg['num_epoch'], 1) and cfg['lr_schedule'] == 'cosine':
+            raise ConfigError(f"option 'warmup_epochs' must lie in [0, num_epoch), got {cfg['warmup_epochs']}")
+        if len(cfg['betas']) != 2 or not all(0 <= b < 1 for b in cfg['betas']):
+            raise ConfigError(f"option 'betas' must be two numbers in [0, 1), got {cfg['betas']}")
+        if not 0 < cfg['layer_decay'] <= 1:
+            raise ConfigError(f"option 'layer_decay' must lie in (0, 1], got {cfg['layer_decay']}")
         if cfg['lr_decay_rate'] <= 0:
             raise ConfigError(f"option 'lr_decay_rate' must be > 0, got {cfg['lr_decay_rate']}")
         for key in ('batch_size', 'test_batch_size'):
             if cfg[key] < 1:
                 raise ConfigError(f'option {key!r} must be >= 1, got {cfg[key]}')
+        for key in ('base_lr', 'weight_decay', 'num_epoch'):
+            if cfg[key] < 0:
+                raise ConfigError(f'option {key!r} must be >= 0, got {cfg[key]}')
 
     def configured_layout(self):
         """The skeleton layout the config names (model_args.graph_args.layout or
@@ -226,28 +287,98 @@ class Processor:
                           num_workers=workers, pin_memory=self.device.type == 'cuda',
                           persistent_workers=workers > 0)
 
+    def check_full_batch(self, dataset, split='train'):
+        """Training drops the last partial batch: a split smaller than one batch trains nothing."""
+        if len(dataset) < self.cfg['batch_size']:
+            raise ConfigError(f"batch_size {self.cfg['batch_size']} is larger than the {split} split "
+                              f"({len(dataset)} clips of {self.cfg[f'{split}_feeder_args'].get('data_path')}): "
+                              'no full batch to train on')
+
+    @staticmethod
+    def sample_clips(dataset, count=2):
+        """The first `count` clips of `dataset` as a batch, with their item indices."""
+        items = list(range(min(count, len(dataset))))
+        return torch.stack([dataset[i][0] for i in items]), torch.tensor(items)
+
+    @torch.no_grad()
+    def check_fits(self, encoder, x, make_inputs, where):
+        """Make the encoder inputs of a couple of raw clips `x` as the run makes them
+        (`make_inputs(x)` -> list of tensors: views, stream) and pass them through the encoder
+        once in eval mode: a joint, channel, person or frame count that the views or the
+        encoder were not built for fails at set-up with the data file named, not at the first
+        training step."""
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            for inputs in make_inputs(x):
+                encoder.extract_feature(inputs.to(self.device))
+        except ValueError as err:
+            raise ConfigError(f'{where}: clips of shape (C, T, V, M) = {tuple(x.shape[1:])} do not fit '
+                              f'the model: {err}') from None
+        finally:
+            encoder.train(was_training)
+
+    def check_outputs(self, *names):
+        """Refuse to replace results of an earlier run in work_dir unless `overwrite` is set."""
+        existing = [n for n in names if os.path.exists(os.path.join(self.work_dir, n))]
+        if existing and not self.cfg.get('overwrite'):
+            raise ConfigError(f'work_dir {self.work_dir} already holds {", ".join(existing)} of an earlier '
+                              'run; pass --overwrite true to replace them or choose another work_dir')
+
     def to_stream(self, x):
         return to_stream(x, self.cfg['stream'], self.layout)
 
     # ------------------------------------------------------------------ optimisation
-    def build_optimizer(self, params):
+    def param_groups(self, model):
+        """Trainable parameters of `model` in groups {params, weight_decay, lr_scale}: with
+        `no_decay_1d`, 1-D tensors get no weight decay; with `layer_decay` < 1, every parameter
+        gets lr_scale = layer_decay ** (L - model.layer_id(name)) (L = model.num_layers)."""
         cfg = self.cfg
-        params = [p for p in params if p.requires_grad]
+        decay = cfg['layer_decay']
+        if decay < 1 and not hasattr(model, 'layer_id'):
+            raise ConfigError(f"option 'layer_decay': model {cfg['model']!r} has no layers to decay (no layer_id)")
+        groups = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            wd = 0.0 if cfg['no_decay_1d'] and p.dim() == 1 else cfg['weight_decay']
+            scale = decay ** (model.num_layers - model.layer_id(name)) if decay < 1 else 1.0
+            groups.setdefault((scale, wd), {'params': [], 'weight_decay': wd, 'lr_scale': scale})['params'].append(p)
+        return list(groups.values())
+
+    def build_optimizer(self, model):
+        """The optimiser over `model`'s trainable parameters, in param_groups(model)."""
+        cfg = self.cfg
+        groups = self.param_groups(model)
         if cfg['optimizer'] == 'SGD':
-            return torch.optim.SGD(params, lr=cfg['base_lr'], momentum=0.9,
-                                   nesterov=cfg['nesterov'], weight_decay=cfg['weight_decay'])
-        return torch.optim.Adam(params, lr=cfg['base_lr'], weight_decay=cfg['weight_decay'])
+            return torch.optim.SGD(groups, lr=cfg['base_lr'], momentum=0.9, nesterov=cfg['nesterov'])
+        adam = torch.optim.AdamW if cfg['optimizer'] == 'AdamW' else torch.optim.Adam
+        return adam(groups, lr=cfg['base_lr'], betas=tuple(cfg['betas']))
 
-    def lr_at(self, epoch):
-        """Reference step schedule (1-based epochs): base_lr * lr_decay_rate ** #{s in step: epoch > s}."""
-        if self.cfg['optimizer'] != 'SGD' or not self.cfg['step']:
-            return self.cfg['base_lr']
-        return self.cfg['base_lr'] * self.cfg['lr_decay_rate'] ** sum(epoch > s for s in self.cfg['step'])
+    @property
+    def per_iteration_lr(self):
+        return self.cfg['lr_schedule'] == 'cosine'
 
-    def set_lr(self, optimizer, epoch):
-        lr = self.lr_at(epoch)
+    def lr_at(self, epoch, progress=0.0):
+        """lr of 1-based `epoch`, `progress` (fraction of its iterations done) into it.
+        step: base_lr * lr_decay_rate ** #{s in step: epoch > s} (reference: SGD only).
+        cosine (MAE/MAMP util/lr_sched): e = epoch - 1 + progress; base_lr * e / warmup_epochs
+        during warm-up, then min_lr + (base_lr - min_lr) * (1 + cos(pi * (e - w) / (E - w))) / 2."""
+        cfg = self.cfg
+        if cfg['lr_schedule'] == 'cosine':
+            e, warm = epoch - 1 + progress, cfg['warmup_epochs']
+            if e < warm:
+                return cfg['base_lr'] * e / warm
+            span = max(cfg['num_epoch'] - warm, 1e-12)
+            return cfg['min_lr'] + (cfg['base_lr'] - cfg['min_lr']) * 0.5 * (1.0 + math.cos(math.pi * (e - warm) / span))
+        if cfg['optimizer'] != 'SGD' or not cfg['step']:
+            return cfg['base_lr']
+        return cfg['base_lr'] * cfg['lr_decay_rate'] ** sum(epoch > s for s in cfg['step'])
+
+    def set_lr(self, optimizer, epoch, progress=0.0):
+        lr = self.lr_at(epoch, progress)
         for group in optimizer.param_groups:
-            group['lr'] = lr
+            group['lr'] = lr * group.get('lr_scale', 1.0)
         return lr
 
     def writer(self, name):

@@ -6,9 +6,7 @@ pooled features of both splits are computed once and the classifier is trained o
 100 epochs then cost one encoder pass (the result equals running the encoder every epoch).
 """
 import inspect
-import json
 import os
-import pickle
 
 import numpy as np
 import torch
@@ -17,11 +15,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from feeder.views import eval_view, has_augmentation, make_views
-from processor.base import BASE_OPTIONS, Processor
+from processor.base import BASE_OPTIONS, OVERWRITE_OPTION, Processor
 from processor.confusion import write_report
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, coerce
-from torchlight.io import atomic_save, reference_state_dict
+from torchlight.io import atomic_save, reference_state_dict, write_json, write_pickle
 from torchlight.registry import FEEDERS, TASKS
 
 CLASSIFIER_PREFIX = 'encoder_q.fc.'
@@ -92,9 +90,23 @@ EVAL_OPTIONS = {
     'test_batch_size': Opt(128, int, 'evaluation batch size'),
     'show_topk': Opt([1, 5], (list, int), 'top-k accuracies to report'),
     'save_interval': Opt(-1, int, 'epochs between model checkpoints (-1: never; best_model.pt is always kept)'),
+    'label_smoothing': Opt(0.0, float, 'label smoothing of the cross-entropy (MAMP fine-tuning: 0.1)'),
     'cache_features': Opt('auto', tristate, "auto | true | false: train the classifier on cached features "
                                        "(auto = when the training data has no augmentation)"),
+    'overwrite': OVERWRITE_OPTION,
 }
+
+# What an evaluation writes into work_dir; a re-run refuses to replace them without --overwrite.
+EVAL_OUTPUTS = {'train': ('results.json', 'best_model.pt', 'test_result.pkl', 'test_result_final.pkl'),
+                'test': ('test_result.pkl', 'test_results.json')}
+
+
+def check_inputs_fit(proc, model, dataset, split, train=False):
+    """A couple of `split` clips, made as evaluation makes them, through the encoder once."""
+    x, items = proc.sample_clips(dataset)
+    gen = dist.generator(proc.cfg['seed'], 'set-up check')
+    proc.check_fits(model.encoder_q, x, lambda clips: [eval_inputs(proc, dataset, clips, items, train, gen)],
+                    f'{split}_feeder_args.data_path {dataset.data_path}')
 
 
 class ClassifierProcessor(Processor):
@@ -103,11 +115,21 @@ class ClassifierProcessor(Processor):
     options = EVAL_OPTIONS
     train_encoder = False
 
+    def validate(self):
+        super().validate()
+        if self.cfg['phase'] == 'train' and self.cfg['num_epoch'] < 1:
+            raise ConfigError(f"option 'num_epoch' must be >= 1 to train the classifier, got {self.cfg['num_epoch']}")
+
     # ------------------------------------------------------------------ setup
     def setup(self):
         cfg = self.cfg
+        if cfg['phase'] == 'test' and not cfg['weights']:
+            raise ConfigError("phase: test needs 'weights'")
+        self.check_outputs(*EVAL_OUTPUTS[cfg['phase']])
         self.test_set = self.build_dataset('test')
         self.train_set = self.build_dataset('train') if cfg['phase'] == 'train' else None
+        if self.train_set is not None:
+            self.check_full_batch(self.train_set)
         num_class = cfg['model_args'].get('num_class') or (self.train_set or self.test_set).num_class
         self.model = self.build_model(pretrain=False, num_class=num_class).to(self.device)
         self.load_weights(self.model)
@@ -117,6 +139,9 @@ class ClassifierProcessor(Processor):
                  f'{len(trainable)} trainable tensors')
         self.view_args = self.train_set.view_args if self.train_set else {}
         view_kind(self.test_set, train=False)   # a bad crop setting fails before any work
+        check_inputs_fit(self, self.model, self.test_set, 'test')
+        if self.train_set is not None:
+            check_inputs_fit(self, self.model, self.train_set, 'train', train=True)
         cache = cfg['cache_features']
         self.cached = (not self.train_encoder) and (
             cache is True or (cache == 'auto' and not has_augmentation(self.view_args)))
@@ -183,10 +208,7 @@ class ClassifierProcessor(Processor):
             if len(set(names)) != len(names):
                 self.log('warning: duplicate sample names in the test split; scores keyed by name collapse')
             result = {n: s for n, s in zip(names, logits.numpy().astype(np.float32))}
-            path = os.path.join(self.work_dir, name)
-            with open(path + '.tmp', 'wb') as f:
-                pickle.dump(result, f)
-            os.replace(path + '.tmp', path)
+            write_pickle(os.path.join(self.work_dir, name), result)
 
     def report(self, accuracy, loss, tag):
         text = ' '.join(f'Top{k}: {100 * v:.2f}%' for k, v in accuracy.items())
@@ -195,16 +217,16 @@ class ClassifierProcessor(Processor):
     # ------------------------------------------------------------------ training
     def start(self):
         self.setup()
+        self.accept()
         if self.cfg['phase'] == 'test':
-            if not self.cfg['weights']:
-                raise ConfigError("phase: test needs 'weights'")
             self.cached = False
             self.net = self.model
             logits, accuracy, loss = self.evaluate()
             self.report(accuracy, loss, 'Test')
             self.save_scores(logits, 'test_result.pkl')
             summary = {'test': accuracy, **self.class_report(logits, 'confusion_test', 'Test')}
-            self.write_json(summary, 'test_results.json')
+            if self.is_main:
+                write_json(os.path.join(self.work_dir, 'test_results.json'), summary)
             return summary
         cfg = self.cfg
         if self.cached:
@@ -216,7 +238,7 @@ class ClassifierProcessor(Processor):
         self.net = self.model
         if self.world_size > 1 and not self.cached:
             self.net = DistributedDataParallel(self.model)
-        optimizer = self.build_optimizer(self.model.parameters())
+        optimizer = self.build_optimizer(self.model)
         train_writer, val_writer = self.writer('train'), self.writer('val')
         best = {'top1': -1.0}
         final = {}
@@ -224,14 +246,19 @@ class ClassifierProcessor(Processor):
             lr = self.set_lr(optimizer, epoch)
             self.set_train_mode()
             losses = []
-            for inputs, labels in self.train_batches(epoch):
-                loss = F.cross_entropy(self.scores(inputs), labels)
+            steps = self.steps_per_epoch()
+            for step, (inputs, labels) in enumerate(self.train_batches(epoch)):
+                if self.per_iteration_lr:   # cosine schedule: lr moves every iteration (MAE/MAMP)
+                    lr = self.set_lr(optimizer, epoch, step / steps)
+                loss = F.cross_entropy(self.scores(inputs), labels, label_smoothing=cfg['label_smoothing'])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.clip_gradients()
                 optimizer.step()
                 losses.append(loss.item())
-            mean_loss = float(np.mean(losses)) if losses else float('nan')
+            mean_loss = float(np.mean(losses))
+            if not np.isfinite(mean_loss):
+                raise FloatingPointError(f'train loss of epoch {epoch} is {mean_loss} (lower base_lr?)')
             train_writer.add_scalar('loss', mean_loss, epoch)
             train_writer.add_scalar('lr', lr, epoch)
             self.log(f'Epoch {epoch} | train loss {mean_loss:.4f} | lr {lr:.5f}')
@@ -260,7 +287,8 @@ class ClassifierProcessor(Processor):
         fmt = lambda acc: ', '.join(f'top{k} {100 * v:.2f}%' for k, v in acc.items())
         self.log(f'RESULT final epoch {final["epoch"]}: {fmt(final["accuracy"])} | '
                  f'best epoch {best["epoch"]} (selected on the test split): {fmt(best["accuracy"])}')
-        self.write_json(summary, 'results.json')
+        if self.is_main:
+            write_json(os.path.join(self.work_dir, 'results.json'), summary)
         return summary
 
     def class_report(self, logits, name, title):
@@ -270,15 +298,16 @@ class ClassifierProcessor(Processor):
                                     self.class_names(num_class), name, title)
         return {'per_class': {'epoch': title, 'classes': rows}, 'confusion_matrix': counts.tolist()}
 
-    def write_json(self, summary, name):
-        if self.is_main:
-            path = os.path.join(self.work_dir, name)
-            with open(path + '.tmp', 'w') as f:
-                json.dump(summary, f, indent=1)
-            os.replace(path + '.tmp', path)
+    def steps_per_epoch(self):
+        if self.cached:
+            return max(len(self.train_feats) // self.cfg['batch_size'], 1)
+        return max(len(self.loader), 1)
 
     def set_train_mode(self):
-        self.model.eval()   # linear evaluation: frozen BN statistics, no dropout
+        # linear evaluation: the frozen encoder in eval mode (BN statistics, no dropout); the
+        # classifier trains (MAMP's BatchNorm1d(affine=False) head follows batch statistics)
+        self.model.eval()
+        self.model.encoder_q.fc.train()
 
     def clip_gradients(self):
         pass

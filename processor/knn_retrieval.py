@@ -1,14 +1,14 @@
 """k-NN retrieval: cosine similarity of L2-normalised pooled features, test -> train."""
-import json
 import os
 
 import torch
 import torch.nn.functional as F
 
-from processor.base import BASE_OPTIONS, Processor
+from processor.base import BASE_OPTIONS, OVERWRITE_OPTION, Processor
 from processor.confusion import write_report
-from processor.evaluation import extract_features
+from processor.evaluation import check_inputs_fit, extract_features
 from torchlight.config import ConfigError, Opt
+from torchlight.io import write_json
 from torchlight.registry import TASKS
 
 
@@ -38,15 +38,20 @@ class KNNRetrieval(Processor):
     options = {
         **BASE_OPTIONS, **KNN_OPTIONS,
         'test_batch_size': Opt(256, int, 'feature extraction batch size'),
+        'overwrite': OVERWRITE_OPTION,
     }
 
     def start(self):
         cfg = self.cfg
         if any(k < 1 for k in cfg['knn_k']):
             raise ConfigError(f"option 'knn_k' must hold positive integers, got {cfg['knn_k']}")
+        self.check_outputs('knn_results.json')
         train_set, test_set = self.build_dataset('train'), self.build_dataset('test')
         model = self.build_model(pretrain=False, num_class=cfg['model_args'].get('num_class', 1)).to(self.device)
         self.load_weights(model)
+        check_inputs_fit(self, model, train_set, 'train')
+        check_inputs_fit(self, model, test_set, 'test')
+        self.accept()
         train_feats, train_labels = extract_features(self, model, train_set)
         test_feats, test_labels = extract_features(self, model, test_set)
         result, details = {}, {'per_class': {}, 'confusion_matrix': {}}
@@ -62,8 +67,6 @@ class KNNRetrieval(Processor):
             details['per_class'][f'k={k}'] = rows
             details['confusion_matrix'][f'k={k}'] = counts.tolist()
         if self.is_main:
-            path = os.path.join(self.work_dir, 'knn_results.json')
-            with open(path + '.tmp', 'w') as f:
-                json.dump({**{f'k={k}': v for k, v in result.items()}, **details}, f, indent=1)
-            os.replace(path + '.tmp', path)
+            write_json(os.path.join(self.work_dir, 'knn_results.json'),
+                       {**{f'k={k}': v for k, v in result.items()}, **details})
         return result

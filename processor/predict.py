@@ -10,20 +10,19 @@ The evaluation config of the model is the natural `--config`: its data, model an
 describe the model; its `ignore_weights` entries that would drop the classifier are not used.
 """
 import csv
-import json
 import os
-import pickle
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from feeder.layouts import get_layout
-from processor.base import Processor
 from feeder.views import eval_view, make_views
+from processor.base import Processor
 from processor.evaluation import CLASSIFIER_PREFIX, FINETUNE_OPTIONS
 from torchlight.config import ConfigError, Opt
-from torchlight.io import WeightsError, pick_container, read_checkpoint, state_dict_of, strip_module
+from torchlight.io import (WeightsError, pick_container, read_checkpoint, state_dict_of, strip_module,
+                           write_json, write_pickle)
 from torchlight.registry import TASKS
 
 INPUT_PREPROCESS = ('none', 'aimclr')
@@ -156,10 +155,12 @@ class Predict(Processor):
     @torch.no_grad()
     def start(self):
         cfg = self.cfg
+        self.check_outputs('predictions.csv', 'predictions.json', 'predictions_scores.pkl')
         model, num_class = self.build()
         clips, names, labels = self.read_input()
         clips = self.preprocess(clips)
         self.check_layout(clips)
+        self.accept()
         kind = self.eval_kind()
         scores = []
         for start in range(0, len(clips), cfg['test_batch_size']):
@@ -201,9 +202,7 @@ class Predict(Processor):
         if not self.is_main:
             return
         base = os.path.join(self.work_dir, 'predictions')
-        with open(base + '.json.tmp', 'w') as f:
-            json.dump({'weights': self.cfg['weights'], 'input': self.cfg['input'], 'clips': rows}, f, indent=1)
-        os.replace(base + '.json.tmp', base + '.json')
+        write_json(base + '.json', {'weights': self.cfg['weights'], 'input': self.cfg['input'], 'clips': rows})
         with open(base + '.csv.tmp', 'w', newline='') as f:
             writer = csv.writer(f)
             writer.writerow(['sample', 'rank', 'class', 'name', 'probability'])
@@ -211,9 +210,8 @@ class Predict(Processor):
                 for p in row['predictions']:
                     writer.writerow([row['sample'], p['rank'], p['class'], p['name'], f"{p['probability']:.6f}"])
         os.replace(base + '.csv.tmp', base + '.csv')
-        with open(base + '_scores.pkl.tmp', 'wb') as f:   # the test_result.pkl format: {name: logits}
-            pickle.dump({n: s for n, s in zip(names, scores.numpy().astype(np.float32))}, f)
-        os.replace(base + '_scores.pkl.tmp', base + '_scores.pkl')
+        # the test_result.pkl format: {name: logits}
+        write_pickle(base + '_scores.pkl', {n: s for n, s in zip(names, scores.numpy().astype(np.float32))})
         self.log(f'Wrote {base}.csv, {base}.json and {base}_scores.pkl ({len(rows)} clips)')
 
     def print_table(self, rows, shown=20):

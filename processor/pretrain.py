@@ -17,7 +17,7 @@ from feeder.views import make_views
 from processor.base import BASE_OPTIONS, Processor
 from torchlight import dist
 from torchlight.config import ConfigError, Opt
-from torchlight.io import atomic_save, reference_state_dict
+from torchlight.io import atomic_save, read_checkpoint, reference_state_dict, state_mismatch
 from torchlight.registry import MODELS, TASKS
 
 RESUME_FILE = 'checkpoint_last.pt'
@@ -64,17 +64,16 @@ class PretrainProcessor(Processor):
     def setup(self):
         cfg = self.cfg
         self.dataset = self.build_dataset('train')
+        self.check_full_batch(self.dataset)
         self.loader = self.build_loader(self.dataset, train=True)
-        if len(self.loader) == 0:
-            raise ConfigError(f'batch_size {cfg["batch_size"]} is larger than the training set '
-                              f'({len(self.dataset)} clips): no full batch to train on')
         self.model = self.build_model(**self.method_kwargs()).to(self.device)
         self.load_weights(self.model)
+        self.check_views_fit()
         if self.world_size > 1 and cfg['sync_bn']:
             self.model = dist.convert_sync_batchnorm(self.model)   # same parameters and keys
         self.view_kinds = type(self.model).views
         self.view_args = self.dataset.view_args
-        self.optimizer = self.build_optimizer(self.model.parameters())
+        self.optimizer = self.build_optimizer(self.model)
         self.net = self.model
         if cfg['compile']:
             self.model.encoder_q.compile()   # in place: state-dict keys stay unchanged
@@ -99,6 +98,15 @@ class PretrainProcessor(Processor):
                      f"stale keys of every query's own clip; use a queue well below the data set size "
                      f'(e.g. model_args.queue_size {max(1, len(self.dataset) // 4)})')
 
+    def check_views_fit(self):
+        """The method's views of two training clips go through the query encoder once."""
+        x, items = self.sample_clips(self.dataset)
+        gen = dist.generator(self.cfg['seed'], 'set-up check')
+        lengths = self.dataset.frame_counts(items)
+        self.check_fits(self.model.encoder_q, x, lambda clips: [self.to_stream(v) for v in make_views(
+            clips, type(self.model).views, gen, self.dataset.view_args, lengths)],
+            f"train_feeder_args.data_path {self.dataset.data_path}")
+
     # ------------------------------------------------------------------ resume
     def resume_path(self):
         last = os.path.join(self.work_dir, RESUME_FILE)
@@ -120,11 +128,20 @@ class PretrainProcessor(Processor):
             if self.cfg['resume']:
                 self.log('resume: no checkpoint yet, starting from scratch')
             return self.cfg['start_epoch']
-        state = torch.load(path, map_location='cpu', weights_only=True)
-        if state.get('format') != STATE_FORMAT:
-            raise ConfigError(f'{path} is not a training-state checkpoint of this framework')
+        state = read_checkpoint(path, 'resume checkpoint')
+        if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+            raise ConfigError(f'resume checkpoint {path} is not a training state of this framework '
+                              f'(those are the {RESUME_FILE} files pretraining writes)')
+        mismatch = state_mismatch(state['model'], self.model.state_dict(), limit=3)
+        if mismatch:
+            raise ConfigError(f'resume checkpoint {path} was written by a different model '
+                              f'(model / model_args differ): {mismatch}')
         self.model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
+        try:
+            self.optimizer.load_state_dict(state['optimizer'])
+        except (ValueError, KeyError) as err:
+            raise ConfigError(f'resume checkpoint {path}: its optimizer state does not fit '
+                              f'(optimizer {self.cfg["optimizer"]!r}): {err}') from None
         self.log(f'Resumed from {path} after epoch {state["epoch"]}')
         return state['epoch']
 
@@ -175,6 +192,8 @@ class PretrainProcessor(Processor):
         started = time.perf_counter()
         bar = self.progress(self.loader, desc=f'epoch {epoch}/{self.cfg["num_epoch"]}')
         for step, (x, _, items) in enumerate(bar):
+            if self.per_iteration_lr:   # cosine schedule: lr moves every iteration (MAE/MAMP)
+                lr = self.set_lr(self.optimizer, epoch, step / len(self.loader))
             x = x.to(self.device, non_blocking=True).float()
             lengths = self.dataset.frame_counts(items)
             out = self.train_step(x, epoch, step, None if lengths is None else lengths.to(self.device))
@@ -202,6 +221,7 @@ class PretrainProcessor(Processor):
     def start(self):
         self.setup()
         first = self.restore()
+        self.accept()
         if first >= self.cfg['num_epoch']:
             self.log(f'Nothing to do: {first} of {self.cfg["num_epoch"]} epochs already done')
             return {}

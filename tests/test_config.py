@@ -90,11 +90,13 @@ def test_model_args_typo_is_reported(tiny_data, tmp_path, capsys):
 def test_effective_config_saved_and_previous_kept(tiny_data, tmp_path):
     from tests.conftest import pretrain_argv
     work = str(tmp_path / 'w')
-    proc = PretrainProcessor.from_argv(pretrain_argv(tiny_data, work, extra=['--weight_decay', '1e-3']))
+    proc = PretrainProcessor.from_argv(pretrain_argv(tiny_data, work, epochs=1, extra=['--weight_decay', '1e-3']))
+    assert not os.path.exists(os.path.join(work, 'config.yaml'))   # written once the run is accepted
+    proc.start()
     saved = yaml.safe_load(open(os.path.join(work, 'config.yaml')))
     assert saved['weight_decay'] == pytest.approx(1e-3) and saved['model_args']['queue_size'] == 20
     assert proc.cfg['device'] == 'auto' and str(proc.device) == 'cpu'
-    PretrainProcessor.from_argv(pretrain_argv(tiny_data, work))
+    PretrainProcessor.from_argv(pretrain_argv(tiny_data, work, epochs=1, extra=['--resume', 'auto'])).start()
     assert len([f for f in os.listdir(work) if f.startswith('config')]) == 2
 
 

@@ -258,7 +258,7 @@ def test_custom_integer_labels_resize_centre_and_errors(tmp_path):
 # command lines
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('tool', ['ntu_gendata', 'aimclr_preprocess', 'isc_preprocess',
+@pytest.mark.parametrize('tool', ['ntu_gendata', 'aimclr_preprocess', 'isc_preprocess', 'mamp_preprocess',
                                   'pku_gendata', 'nw_ucla_gendata', 'custom_gendata'])
 def test_every_tool_has_help(tool):
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'tools', f'{tool}.py'),

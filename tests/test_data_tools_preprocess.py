@@ -10,7 +10,7 @@ import pytest
 
 import data_tool_fixtures  # noqa: F401  (puts the repo root on sys.path)
 
-from tools import aimclr_preprocess, isc_preprocess
+from tools import aimclr_preprocess, isc_preprocess, mamp_preprocess
 from tools import data_utils as du
 
 
@@ -268,3 +268,42 @@ def test_isc_tool_num_frame_copied_or_computed(tmp_path):
     assert np.load(tmp_path / 'a' / 'out' / 'train_num_frame.npy').tolist() == list(range(100, 106))
     # computed: last non-empty frame + 1 (sample 3 has a hole but ends at 7)
     assert np.load(tmp_path / 'b' / 'out' / 'train_num_frame.npy').tolist() == [30, 40, 12, 7, 20, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# MAMP (CTR-GCN seq_translation)
+# --------------------------------------------------------------------------------------------
+
+def mamp_loop_reference(sample):
+    """The original's seq_translation on one (C, T, V, M) sample, frame by frame."""
+    x = sample.transpose(1, 3, 2, 0).reshape(sample.shape[1], -1).copy()   # (T, M*V*C) person-major
+    i = 0
+    while i < len(x) and not np.any(x[i, :75] != 0):
+        i += 1
+    origin = x[i, 3:6].copy()
+    missing = [np.where(x[:, 75 * m:75 * (m + 1)].sum(axis=1) == 0)[0] for m in range(2)]
+    for f in range(len(x)):
+        x[f] -= np.tile(origin, 50)
+    for m in range(2):
+        x[missing[m], 75 * m:75 * (m + 1)] = 0
+    return x.reshape(sample.shape[1], 2, 25, 3).transpose(3, 0, 2, 1)
+
+
+def test_mamp_translation_matches_loop_reference(tmp_path):
+    rng = np.random.default_rng(11)
+    batch = rng.normal(0, 1, (4, 3, 12, 25, 2)).astype(np.float32)
+    batch[0, :, :3] = 0          # person 0 starts at frame 3
+    batch[1, :, :, :, 1] = 0     # one actor
+    batch[2, :, 9:] = 0          # zero padding
+    batch[3, :, 5, :, 1] = 0     # a missing frame of the second actor
+    fast = mamp_preprocess.translate_batch(batch)
+    for n in range(len(batch)):
+        np.testing.assert_allclose(fast[n], mamp_loop_reference(batch[n]), atol=1e-6)
+    assert not fast[2, :, 9:].any() and not fast[1, :, :, :, 1].any()
+    assert np.allclose(fast[0, :, 3, 1, 0], 0)   # the origin itself
+    names = [f's{i}' for i in range(4)]
+    write_split(tmp_path, 'train', batch, names, [0, 1, 2, 3])
+    mamp_preprocess.main(['--data_path', str(tmp_path), '--out_folder', str(tmp_path / 'out'),
+                          '--splits', 'train', '--quiet'])
+    np.testing.assert_array_equal(np.load(tmp_path / 'out' / 'train_data.npy'), fast)
+    assert np.load(tmp_path / 'out' / 'train_num_frame.npy').tolist() == [12, 12, 9, 12]

@@ -25,6 +25,7 @@ def subset(tiny_data, work, extra):
     proc = FinetuneEvaluation.from_argv(eval_argv(tiny_data, str(work), None, [
         '--train_feeder_args.label_percent', '0.5', '--train_feeder', 'feeder.ntu_feeder.Feeder_semi', *extra]))
     proc.setup()
+    proc.accept()   # config.yaml is written once the set-up passed
     return open(os.path.join(str(work), 'labelled_subset.txt')).read().split()
 
 

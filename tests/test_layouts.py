@@ -124,7 +124,8 @@ def test_skeleton_gif_has_one_frame_per_clip_frame_for_20_joints(tmp_path):
     png = tmp_path / 'grid.png'
     assert plot_skeleton.main(['--data', data, '--label', label, '--out', str(png)]) == 0   # nw-ucla bones
     assert png.stat().st_size > 1000
-    assert plot_skeleton.main(['--data', data, '--label', label, '--out', str(png), '--layout', 'ntu-rgb+d']) == 2
+    with pytest.raises(ValueError, match="layout 'ntu-rgb\\+d' has 25 joints, but the data has V=20"):
+        plot_skeleton.main(['--data', data, '--label', label, '--out', str(png), '--layout', 'ntu-rgb+d'])
 
 
 def test_tsne_styles_stay_distinct_beyond_20_classes():

@@ -17,7 +17,7 @@ def test_tsne_plot(tmp_path):
     plot_tsne.main(['--features', str(tmp_path / 'f.npy'), '--label', str(tmp_path / 'l.pkl'),
                     '--out', str(tmp_path / 't.png')])
     assert (tmp_path / 't.png').stat().st_size > 1000
-    with pytest.raises(SystemExit, match=r'holds \(30, 8\), expected \(5, D\)'):
+    with pytest.raises(ValueError, match=r'holds \(30, 8\), expected \(5, D\)'):
         with open(tmp_path / 's.pkl', 'wb') as f:
             pickle.dump((['a'] * 5, [0] * 5), f)
         plot_tsne.main(['--features', str(tmp_path / 'f.npy'), '--label', str(tmp_path / 's.pkl'),

@@ -1,6 +1,7 @@
 """Every YAML under config/ loads through its task's config system (no data needed): known keys,
 model / encoder / feeder names resolve, model_args and feeder args pass the signature checks."""
 import glob
+import inspect
 import os
 
 import pytest
@@ -45,14 +46,17 @@ def test_config_loads_through_its_task(path):
     cfg = build_config(task.options, ['--config', path])
     model_cls = MODELS.get(cfg['model'])
     args = dict(cfg['model_args'])
-    encoder_cls = ENCODERS.get(args.get('base_encoder', 'net.st_gcn.Model'))
+    default = inspect.signature(model_cls).parameters.get('base_encoder')   # the method's own encoder
+    default = default.default if default is not None else 'net.st_gcn.Model'
+    encoder_cls = ENCODERS.get(args.get('base_encoder', default))
     check_kwargs(args, 'model_args', model_cls, encoder_cls)
     for split in ('train', 'test'):
         if cfg[f'{split}_feeder_args']:
             check_kwargs(cfg[f'{split}_feeder_args'], f'{split}_feeder_args', FEEDERS.get(cfg[f'{split}_feeder']))
-    assert cfg['stream'] in ('joint', 'motion', 'bone') and cfg['optimizer'] in ('SGD', 'Adam')
-    if cfg['model_args'].get('pretrain', True) is False:
-        # the key encoder is dropped by name, or by selecting the query branch (weights_prefix)
+    assert cfg['stream'] in ('joint', 'motion', 'bone') and cfg['optimizer'] in ('SGD', 'Adam', 'AdamW')
+    if cfg['model_args'].get('pretrain', True) is False and not hasattr(model_cls, 'adapt_weights'):
+        # the key encoder is dropped by name, or by selecting the query branch (weights_prefix);
+        # a method with adapt_weights (MAMP) drops its decoder itself
         assert cfg['ignore_weights'] and ('encoder_k' in cfg['ignore_weights'] or cfg['weights_prefix'])
     if cfg['stream'] != 'joint':   # joint/motion/bone files differ in the stream only
         assert cfg['stream'] in os.path.basename(path)

@@ -18,8 +18,9 @@ measured at start) that the step achieves. On CUDA every row is also run with bf
 
 Reference configuration (AimCLR / SkeletonCLR / ASAR): ST-GCN hidden 16, hidden_dim 256,
 feature_dim 128, queue 32768, batch 128, T 50, V 25, M 2. Methods with another reference
-configuration (REFERENCE_ROWS, e.g. AS-CAL: LSTM 256, queue 16384, batch 32, T 150) use their
-own model arguments, batch and frames (--batch / --frames do not apply to them).
+configuration (REFERENCE_ROWS, e.g. AS-CAL: LSTM 256, queue 16384, batch 32, T 150; MAMP:
+Transformer 256 x 8 + decoder 3, batch 32, 300 raw frames cropped and resized to 120) use their
+own model arguments, batch, frames and views (--batch / --frames do not apply to them).
 
 `--linear-e2e` additionally times linear evaluation end to end (the `linear_evaluation` task on
 a synthetic set) with cached features against `cache_features: false`; the uncached run is
@@ -45,7 +46,7 @@ from torchlight import dist  # noqa: E402
 from torchlight.registry import MODELS  # noqa: E402
 
 METHODS = ('aimclr', 'skeletonclr', 'asar', 'ascal', 'hico', 'hico_gru', 'hico_lstm',
-           'isc_gru', 'isc_agcn', 'isc_hcn', 'isc_inter')
+           'isc_gru', 'isc_agcn', 'isc_hcn', 'isc_inter', 'mamp')
 EVAL_ROWS = ('linear_eval', 'finetune_eval', 'extract_features')
 ENCODER = {'base_encoder': 'net.st_gcn.Model', 'in_channels': 3, 'hidden_channels': 16,
            'hidden_dim': 256, 'dropout': 0.5,
@@ -76,6 +77,14 @@ REFERENCE_ROWS = {
            ('isc_gru', 'isc', ISC_GRU), ('isc_agcn', 'isc', {'base_encoder': 'agcn'}),
            ('isc_hcn', 'isc', {'base_encoder': 'hcn'}),
            ('isc_inter', 'isc_inter', {**ISC_GRU, 'second_encoder': 'agcn'}))},
+    # MAMP (config/ntu60_xsub_joint/pretrain_mamp_t120_layer8+3_mask90.yaml): raw 300-frame clips
+    # -> one crop_resize view (random crop [0.5, 1], 120 frames, random rotation); dim 256, depth
+    # 8 + decoder 3, mask ratio 0.9; batch 32 = one GPU's share of the original's 4 x 32
+    'mamp': {'model_args': {'dim_feat': 256, 'decoder_dim_feat': 256, 'depth': 8, 'decoder_depth': 3,
+                            'num_heads': 8, 'num_frames': 120, 'norm_skes_loss': True,
+                            'mask_ratio': 0.9, 'motion_aware_tau': 0.8},
+             'batch': 32, 'frames': 300,
+             'view_args': {'l_ratio': [0.5, 1.0], 'input_size': 120, 'random_rot': True}},
 }
 
 
@@ -216,7 +225,7 @@ def build(name, impl, pretrain=True, num_class=60):
     return cls(**args, pretrain=False, num_class=num_class)
 
 
-def method_step(model, x, amp, device, epoch=1):
+def method_step(model, x, amp, device, epoch=1, view_args=VIEW_ARGS):
     """The engine's step (processor/pretrain.py): views -> method loss -> backward -> SGD."""
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
                                 momentum=0.9, weight_decay=1e-4)
@@ -224,7 +233,7 @@ def method_step(model, x, amp, device, epoch=1):
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        views = make_views(x, kinds, gen, VIEW_ARGS)
+        views = make_views(x, kinds, gen, view_args)
         with autocast(amp, device):
             out = model(*views, epoch=epoch)
         optimizer.zero_grad(set_to_none=True)
@@ -234,7 +243,7 @@ def method_step(model, x, amp, device, epoch=1):
             model.after_step()
 
     def augment():
-        make_views(x, kinds, gen, VIEW_ARGS)
+        make_views(x, kinds, gen, view_args)
 
     return step, augment
 
@@ -290,7 +299,7 @@ def run_row(name, args, device, amp, peak_gflops):
     def make(impl):
         if is_method:
             model = build(name, impl).to(device)
-            return model, method_step(model, x, amp, device, row.get('epoch', 1))
+            return model, method_step(model, x, amp, device, row.get('epoch', 1), row.get('view_args', VIEW_ARGS))
         model = build('skeletonclr', impl, pretrain=False).to(device)
         return model, eval_step(name, model, x, amp, device)
 

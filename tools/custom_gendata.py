@@ -73,7 +73,7 @@ def _label_values(raw_labels, one_based):
 def read_sequence(path, num_joints, channels, max_persons):
     """(T, M, V, C) float32 of one sequence file (M = max_persons, absent persons zero)."""
     if path.endswith('.npy'):
-        array = np.load(path, allow_pickle=False)
+        array = du.load_npy(path, what='sequence file')
         if array.ndim == 3:
             array = array[:, None]
         if array.ndim != 4:
@@ -256,4 +256,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(du.cli(main))

@@ -23,6 +23,8 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from torchlight.files import DataFileError, load_label_pickle, load_npy  # noqa: F401  (numpy only)
+
 LOG = logging.getLogger('skeleton_ssl.data')
 
 # Errors a malformed input can raise while being read; anything else is a bug and propagates.
@@ -65,6 +67,18 @@ def add_common_arguments(parser):
                              '(default) or log it, skip it and report the count at the end')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--verbose', action='store_true', help='debug logging')
+
+
+def cli(main, argv=None):
+    """Run a tool's `main(argv)` as a command: exit code 0, or 2 with one line `error: ...`
+    naming the file or sample at fault when the input (or the output folder) is bad, instead
+    of a traceback. `main` itself raises, so tests and scripts can call it directly."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as err:   # DataFormatError, DataFileError, missing files, ...
+        print('error: ' + ' '.join(str(err).split()), file=sys.stderr)
+        return 2
+    return 0
 
 
 def make_parser(description, epilog=None):
@@ -124,10 +138,17 @@ class AtomicOutputs:
     def __init__(self):
         self._pending = []  # (temporary path, final path)
         self._writers = []
+        self._created = []  # folders this run created (removed again when it fails)
 
     def temporary_path(self, final_path):
         final_path = os.path.abspath(os.fspath(final_path))
+        folder = os.path.dirname(final_path)
+        missing = []
+        while not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(os.path.dirname(final_path), exist_ok=True)
+        self._created.extend(missing)
         if any(final == final_path for _, final in self._pending):
             raise ValueError(f'{final_path} is written twice in one run')
         temporary = _temporary_name(final_path)
@@ -171,6 +192,10 @@ class AtomicOutputs:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temporary)
         self._pending.clear()
+        for folder in sorted(self._created, key=len, reverse=True):   # deepest first
+            with contextlib.suppress(OSError):   # left alone when something else is inside
+                os.rmdir(folder)
+        self._created.clear()
 
     def __enter__(self):
         return self
@@ -279,13 +304,9 @@ def label_tuple(sample_names, labels):
 
 
 def load_labels(path):
-    with open(path, 'rb') as f:
-        try:
-            names, labels = pickle.load(f)
-        except UnicodeDecodeError:  # pickles written by Python 2
-            f.seek(0)
-            names, labels = pickle.load(f, encoding='latin1')
-    return list(names), [int(label) for label in labels]
+    """(names, labels) of a label pickle, read with the restricted unpickler (plain values
+    only; Python 2 pickles too) and checked."""
+    return load_label_pickle(path)
 
 
 def class_counts(labels, num_classes=None):
@@ -307,7 +328,7 @@ def transform_array_file(outputs, source_path, target_path, transform, out_row_s
     """Streams `source_path` (N, ...) through `transform` (batch -> batch) in chunks into
     `target_path`; samples flagged by `find_invalid(chunk) -> [(row, problem)]` go to the error
     policy and are left out. Returns the indices of the rows kept."""
-    data = np.load(source_path, mmap_mode='r')
+    data = load_npy(source_path, mmap=True, what='data file')
     if len(data) != len(sample_names):
         raise DataFormatError(f'{source_path}: {len(data)} samples but {len(sample_names)} labels')
     writer = outputs.row_writer(target_path, len(data), out_row_shape)
@@ -342,7 +363,7 @@ def transform_split(outputs, data_path, out_folder, split, target_name, transfor
     label_path = os.path.join(data_path, f'{split}_label.pkl')
     names, _ = load_labels(label_path)
     source = os.path.join(data_path, f'{split}_data.npy')
-    shape = np.load(source, mmap_mode='r').shape
+    shape = load_npy(source, mmap=True, what='data file').shape
     kept = transform_array_file(outputs, source, os.path.join(out_folder, target_name), transform,
                                 out_row_shape(shape), names, policy, find_invalid, batch_size,
                                 desc, quiet)

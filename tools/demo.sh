@@ -15,10 +15,11 @@ if [ ! -f data/demo_frame50/val_position.npy ]; then
 fi
 W=work_dir/demo/skeletonclr
 python main.py pretrain_skeletonclr --config config/demo/pretrain_skeletonclr.yaml --resume auto "$@"
-python main.py linear_evaluation --config config/demo/linear_eval_skeletonclr.yaml
-python main.py knn_retrieval --config config/demo/knn_skeletonclr.yaml
+# a re-run of the demo replaces the evaluation results of the previous one
+python main.py linear_evaluation --config config/demo/linear_eval_skeletonclr.yaml --overwrite true
+python main.py knn_retrieval --config config/demo/knn_skeletonclr.yaml --overwrite true
 # the untrained twin: the same configs without weights
-python main.py linear_evaluation --config config/demo/linear_eval_skeletonclr.yaml --weights "" --work_dir $W/untrained_linear
-python main.py knn_retrieval --config config/demo/knn_skeletonclr.yaml --weights "" --work_dir $W/untrained_knn
+python main.py linear_evaluation --config config/demo/linear_eval_skeletonclr.yaml --weights "" --work_dir $W/untrained_linear --overwrite true
+python main.py knn_retrieval --config config/demo/knn_skeletonclr.yaml --weights "" --work_dir $W/untrained_knn --overwrite true
 python tools/demo_table.py --work_dir $W
 echo "Demo done: results in $W/{linear/results.json,knn/knn_results.json,demo_summary.json}, confusion matrices in $W/{linear,knn}/"

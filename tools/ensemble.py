@@ -13,10 +13,12 @@ Any subset of the streams may be given (at least one).
 """
 import argparse
 import os
-import pickle
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torchlight.files import DataFileError, load_label_pickle, load_pickle  # noqa: E402
 
 STREAMS = ('joint', 'motion', 'bone')
 DEFAULT_WEIGHTS = {'joint': 0.6, 'motion': 0.4, 'bone': 0.6}
@@ -26,14 +28,6 @@ class EnsembleError(ValueError):
     """Result files that cannot be fused (mismatched sample names or shapes)."""
 
 
-def _load_pickle(path, what):
-    try:
-        with open(path, 'rb') as f:
-            return pickle.load(f)
-    except FileNotFoundError:
-        raise EnsembleError(f'{what} not found: {path}') from None
-
-
 def _describe(names, limit=10):
     names = sorted(names)
     more = f' ... and {len(names) - limit} more' if len(names) > limit else ''
@@ -41,11 +35,9 @@ def _describe(names, limit=10):
 
 
 def load_labels(path):
-    """(sample_names, labels) from a reference label pickle."""
-    content = _load_pickle(path, 'label file')
-    if not (isinstance(content, (tuple, list)) and len(content) == 2):
-        raise EnsembleError(f'{path}: expected a pickle of (sample_names, labels)')
-    names, labels = [str(n) for n in content[0]], np.asarray(content[1], dtype=np.int64)
+    """(sample_names, labels) from a reference label pickle (plain values only)."""
+    names, labels = load_label_pickle(path)
+    labels = np.asarray(labels, dtype=np.int64)
     if len(set(names)) != len(names):
         raise EnsembleError(f'{path}: duplicate sample names; scores keyed by name cannot be aligned')
     return names, labels
@@ -90,7 +82,7 @@ def ensemble(label, results, weights=None, ks=(1, 5)):
     fused, per_stream, width = None, {}, None
     for stream, source in results.items():
         where = f'{stream} ({source})' if isinstance(source, (str, os.PathLike)) else stream
-        scores = _load_pickle(source, f'{stream} result file') if isinstance(source, (str, os.PathLike)) else source
+        scores = load_pickle(source, f'{stream} result file') if isinstance(source, (str, os.PathLike)) else source
         stacked = align(names, scores, where)
         if width is not None and stacked.shape[1] != width:
             raise EnsembleError(f'{where}: {stacked.shape[1]} classes, other streams have {width}')
@@ -118,7 +110,7 @@ def main(argv=None):
         parser.error('give at least one of --joint, --motion, --bone')
     try:
         out = ensemble(args.label, results, dict(zip(STREAMS, args.weights)), tuple(args.topk))
-    except EnsembleError as err:
+    except (EnsembleError, DataFileError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     fmt = lambda acc: '  '.join(f'top{k} {100 * v:.2f}%' for k, v in acc.items())

@@ -113,9 +113,9 @@ def normalize_folder(data_path, out_folder, splits=('train', 'val'), batch_size=
                 lambda shape: shape[1:], policy, None, batch_size, f'{split} normalise', quiet)
             frame_count_path = os.path.join(data_path, f'{split}_num_frame.npy')
             if os.path.exists(frame_count_path):
-                frame_counts = np.load(frame_count_path)
+                frame_counts = du.load_npy(frame_count_path, what='num_frame file')
             else:
-                frame_counts = frame_counts_from_data(np.load(source, mmap_mode='r'))
+                frame_counts = frame_counts_from_data(du.load_npy(source, mmap=True, what='data file'))
             outputs.save_npy(os.path.join(out_folder, f'{split}_num_frame.npy'),
                              frame_counts[kept].astype(np.int64))
             counts[split] = len(kept)
@@ -143,4 +143,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(du.cli(main))

@@ -583,7 +583,7 @@ def main(argv=None):
     if existing_dataset_files(args.out_folder) and not args.overwrite:   # fail before the work
         print(f'error: {args.out_folder} already holds a dataset; pass --overwrite to replace it',
               file=sys.stderr)
-        return 1
+        return 2
     start = time.perf_counter()
     dataset = generate_dataset(args.num_train, args.num_val, args.frames, args.seed)
     generated = time.perf_counter()
@@ -591,7 +591,7 @@ def main(argv=None):
         write_dataset(args.out_folder, dataset, args.seed, args.frames, overwrite=args.overwrite)
     except ExistingDatasetError as err:
         print(f'error: {err}', file=sys.stderr)
-        return 1
+        return 2
     print(f'wrote {args.num_train} train / {args.num_val} test clips '
           f'({NUM_CLASSES} classes, T={args.frames}) to {args.out_folder} '
           f'(generated in {generated - start:.1f}s, written in {time.perf_counter() - generated:.1f}s)')

@@ -99,51 +99,72 @@ class _Lines:
         self.position = end
         return block
 
+    def expect_end(self):
+        for offset, line in enumerate(self.lines[self.position:]):
+            if line.strip():
+                raise du.DataFormatError(f'line {self.position + offset + 1}: unexpected content after '
+                                         f'the last frame: {line.strip()[:40]!r}')
 
-def _xyz_tokens(block, frame, body):
-    """The x, y, z fields (first three of 12) of a body's joint rows, unparsed; only the
-    kept fields are converted, which is most of the reading time saved."""
-    tokens = []
-    for line in block:
-        fields = line.split(None, 3)
-        if len(fields) < 4:
-            raise du.DataFormatError(f'frame {frame} body {body}: joint row {line.strip()[:40]!r} '
-                                     'has fewer than 12 numbers')
-        tokens.extend(fields[:3])
-    return tokens
+
+BODY_INFO_FIELDS = 10   # bodyID clipedEdges handLeft/RightConfidence/State isRestricted leanX leanY trackingState
+JOINT_FIELDS = 12       # x y z depthX depthY colorX colorY orientationW/X/Y/Z trackingState
+
+
+def parse_rows(rows, line_numbers, width, what):
+    """float64 (len(rows), width) of rows that must each hold exactly `width` numbers. One C
+    parse of all rows (np.loadtxt); only a failing file is scanned row by row to name the
+    first bad line (1-based `line_numbers`)."""
+    try:
+        values = np.loadtxt(rows, dtype=np.float64, comments=None, ndmin=2)
+        if values.shape == (len(rows), width):
+            return values
+    except ValueError:
+        pass
+    for row, number in zip(rows, line_numbers):
+        fields = row.split()
+        if len(fields) != width:
+            raise du.DataFormatError(f'line {number}: {what} {row.strip()[:60]!r} has {len(fields)} '
+                                     f'fields, expected {width}')
+        for column, token in enumerate(fields, 1):
+            try:
+                float(token)
+            except ValueError:
+                raise du.DataFormatError(f'line {number}: {what} field {column} is {token[:20]!r}, '
+                                         'not a number') from None
+    raise du.DataFormatError(f'{what} rows cannot be read as {width} numbers each')
 
 
 def read_skeleton_file(path, max_bodies):
     """x, y, z of the first `max_bodies` bodies listed in each frame: float64
-    (max_bodies, num_frames, 25, 3), absent bodies zero."""
+    (max_bodies, num_frames, 25, 3), absent bodies zero. Every row is checked: body info rows
+    hold 10 numbers, joint rows 12, counts are integers, nothing follows the last frame."""
     with open(path) as f:
         lines = _Lines(f.read())
     num_frames = lines.next_int('frame count')
     if num_frames <= 0:
         raise du.DataFormatError('empty sequence (frame count 0)')
-    kept_blocks, coordinates, num_bodies_seen = [], [], 0
+    blocks, info_rows, info_lines, joint_rows, joint_lines = [], [], [], [], []
     for frame in range(num_frames):
         for body in range(lines.next_int(f'body count of frame {frame}')):
-            lines.take(1, f'body info of frame {frame}')
+            info_lines.append(lines.position + 1)
+            info_rows.extend(lines.take(1, f'body info of frame {frame}'))
             num_joints = lines.next_int(f'joint count of frame {frame}')
             if num_joints != NUM_JOINTS:
                 raise du.DataFormatError(
                     f'frame {frame} body {body}: {num_joints} joints, expected {NUM_JOINTS}')
-            block = lines.take(num_joints, f'joints of frame {frame}')
-            num_bodies_seen += 1
-            if body < max_bodies:
-                kept_blocks.append((body, frame))
-                coordinates.extend(_xyz_tokens(block, frame, body))
-    if not num_bodies_seen:
+            joint_lines.extend(range(lines.position + 1, lines.position + 1 + num_joints))
+            joint_rows.extend(lines.take(num_joints, f'joints of frame {frame}'))
+            blocks.append((body, frame))
+    if not blocks:
         raise du.DataFormatError('no body in any frame')
-    try:
-        values = np.array(list(map(float, coordinates)))
-    except ValueError as error:
-        raise du.DataFormatError(f'bad joint coordinate ({error})') from None
-    du.check_finite(values)
+    lines.expect_end()
+    parse_rows(info_rows, info_lines, BODY_INFO_FIELDS, 'body info row')
+    xyz = parse_rows(joint_rows, joint_lines, JOINT_FIELDS, 'joint row')[:, :3].reshape(-1, NUM_JOINTS, 3)
+    kept = np.array([i for i, (body, _) in enumerate(blocks) if body < max_bodies])
+    du.check_finite(xyz[kept])
     bodies = np.zeros((max_bodies, num_frames, NUM_JOINTS, 3))
-    body_index, frame_index = np.array(kept_blocks, dtype=np.int64).reshape(-1, 2).T
-    bodies[body_index, frame_index] = values.reshape(-1, NUM_JOINTS, 3)
+    body_index, frame_index = np.array(blocks, dtype=np.int64)[kept].T
+    bodies[body_index, frame_index] = xyz[kept]
     return bodies
 
 
@@ -285,15 +306,16 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     du.setup_logging(args.verbose)
     for benchmark in args.benchmark or ():
         if benchmark not in BENCHMARKS[args.dataset]:
-            raise SystemExit(f'benchmark {benchmark} is not defined for {args.dataset}')
+            parser.error(f'benchmark {benchmark} is not defined for {args.dataset}')
     return convert(args.data_path, args.out_folder, args.dataset, args.benchmark,
                    args.ignored_sample_path, args.body_selection,
                    args.max_frame, args.long_sequences, args.on_error, args.quiet)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(du.cli(main))

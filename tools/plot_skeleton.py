@@ -25,9 +25,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from feeder.array_feeder import DataError, read_labels  # noqa: E402
 from feeder.class_names import load_class_names  # noqa: E402
 from feeder.layouts import get_layout  # noqa: E402
+from tools import data_utils as du  # noqa: E402
 from torchlight.config import ConfigError  # noqa: E402
 
 SIDE_COLOURS = {'left': 'tab:blue', 'right': 'tab:red', 'centre': 'black'}
@@ -198,44 +198,38 @@ def build_parser():
 
 
 def main(argv=None):
+    """Raises on bad input (ValueError / OSError naming the file); as a command, exit code 2."""
     args = build_parser().parse_args(argv)
-    try:
-        data = np.load(args.data, mmap_mode='r')
-    except (OSError, ValueError) as err:
-        print(f'error: cannot read {args.data}: {err}', file=sys.stderr)
-        return 2
+    data = du.load_npy(args.data, mmap=True, what='data file')
     if data.ndim != 5 or data.shape[1] < 2:
-        print(f'error: {args.data}: expected (N, C, T, V, M), got {data.shape}', file=sys.stderr)
-        return 2
-    try:
-        layout = get_layout(args.layout, data.shape[3])
-        names, labels = read_labels(args.label, expected=len(data)) if args.label else (None, None)
-        class_names = load_class_names(args.classes, max(labels) + 1 if labels else None, args.label)
-        if args.out.endswith('.png'):
-            if labels is None:
-                raise ConfigError('the PNG grid needs --label (one clip per class)')
-            plot_clips(data, labels, names, class_names, args.out, args.num_frames, args.max_classes, layout)
-        else:
-            index = args.index
-            if args.sample is not None:
-                if names is None or args.sample not in names:
-                    raise ConfigError(f'sample {args.sample!r} not found in {args.label}')
-                index = names.index(args.sample)
-            if not 0 <= index < len(data):
-                raise ConfigError(f'--index {index} outside the {len(data)} clips of {args.data}')
-            clip = np.asarray(data[index], dtype=np.float32)
-            view_args = view_args_from(args)
-            view_args['layout'] = layout
-            clips = make_clip_views(clip, args.views, view_args, args.seed)
-            caption = f'{names[index]}: {class_names[labels[index]]}' if names else f'clip {index}'
-            animate(clips, [VIEW_TITLES.get(v, v) for v in args.views], layout, args.out, args.fps,
-                    caption=caption)
-    except (ConfigError, DataError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
+        raise du.DataFormatError(f'{args.data}: expected (N, C, T, V, M) clips, got {data.shape}')
+    layout = get_layout(args.layout, data.shape[3])
+    names, labels = du.load_labels(args.label) if args.label else (None, None)
+    if labels is not None and len(labels) != len(data):
+        raise du.DataFormatError(f'{args.label}: {len(labels)} labels but {args.data} holds {len(data)} clips')
+    class_names = load_class_names(args.classes, max(labels) + 1 if labels else None, args.label)
+    if args.out.endswith('.png'):
+        if labels is None:
+            raise ConfigError('the PNG grid needs --label (one clip per class)')
+        plot_clips(data, labels, names, class_names, args.out, args.num_frames, args.max_classes, layout)
+    else:
+        index = args.index
+        if args.sample is not None:
+            if names is None or args.sample not in names:
+                raise ConfigError(f'sample {args.sample!r} not found in {args.label}')
+            index = names.index(args.sample)
+        if not 0 <= index < len(data):
+            raise ConfigError(f'--index {index} outside the {len(data)} clips of {args.data}')
+        clip = np.asarray(data[index], dtype=np.float32)
+        view_args = view_args_from(args)
+        view_args['layout'] = layout
+        clips = make_clip_views(clip, args.views, view_args, args.seed)
+        caption = f'{names[index]}: {class_names[labels[index]]}' if names else f'clip {index}'
+        animate(clips, [VIEW_TITLES.get(v, v) for v in args.views], layout, args.out, args.fps,
+                caption=caption)
     print(f'wrote {args.out}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(du.cli(main))

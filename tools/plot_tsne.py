@@ -13,8 +13,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from feeder.array_feeder import read_labels  # noqa: E402
 from feeder.class_names import load_class_names  # noqa: E402
+from tools import data_utils as du  # noqa: E402
 
 
 def embed(features, seed=0, perplexity=30.0):
@@ -72,15 +72,15 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--title', default='t-SNE of encoder features')
     args = parser.parse_args(argv)
-    features = np.load(args.features)
-    _, labels = read_labels(args.label)
+    features = du.load_npy(args.features, what='features file')
+    _, labels = du.load_labels(args.label)
     if features.ndim != 2 or len(features) != len(labels):
-        sys.exit(f'error: {args.features} holds {features.shape}, expected ({len(labels)}, D) '
-                 f'to match {args.label}')
+        raise du.DataFormatError(f'{args.features} holds {features.shape}, expected ({len(labels)}, D) '
+                                 f'to match {args.label}')
     names = load_class_names(args.classes, None, args.label)
     plot(embed(features, args.seed), np.asarray(labels), names, args.out, args.title)
     print(f'wrote {args.out}')
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(du.cli(main))

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from torchlight.config import ConfigError
+
 
 # glibc mallopt parameters
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
@@ -53,7 +55,9 @@ def release_freed_memory():
 
 def resolve_device(device='auto', use_gpu=True, local_rank=0):
     """`device`: 'auto' | 'cpu' | 'cuda' | 'cuda:N' | an int or list of ints (reference style:
-    GPU indices). `use_gpu: False` (reference key) forces the CPU."""
+    GPU indices). `use_gpu: False` (reference key) forces the CPU. 'cuda' / 'cuda:N' on a machine
+    without CUDA is a ConfigError; a reference GPU index runs on the CPU, and `cpu_fallback`
+    says so, so that the reference YAML files (all `device: [0]`) still run on a CPU machine."""
     if not use_gpu:
         return torch.device('cpu')
     if isinstance(device, (list, tuple)):
@@ -61,20 +65,33 @@ def resolve_device(device='auto', use_gpu=True, local_rank=0):
             device = 'auto'
         else:
             device = device[local_rank % len(device)] if is_distributed() else device[0]
-    if isinstance(device, int):
+    if isinstance(device, int):   # reference style: a GPU index (reference files say [0])
         if not torch.cuda.is_available():
-            return torch.device('cpu')   # reference configs say device: [0]; run anyway
-        return torch.device('cuda', device)
+            return torch.device('cpu')   # the processor logs a warning (cpu_fallback)
+        device = f'cuda:{device}'
     device = str(device)
     if device == 'auto':
         if torch.cuda.is_available():
             return torch.device('cuda', local_rank % torch.cuda.device_count())
         return torch.device('cpu')
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'device {device!r} requested but CUDA is not available')
-    if device == 'cuda' and is_distributed():
-        return torch.device('cuda', local_rank)
+    if device.startswith('cuda'):   # never fall back to the CPU silently
+        if not torch.cuda.is_available():
+            raise ConfigError(f'option device: {device} asks for a GPU, but CUDA is not available '
+                              '(use --device cpu or auto)')
+        if device == 'cuda':
+            return torch.device('cuda', local_rank) if is_distributed() else torch.device('cuda')
+        if int(device[5:]) >= torch.cuda.device_count():
+            raise ConfigError(f'option device: {device}, but this machine has '
+                              f'{torch.cuda.device_count()} GPU(s)')
     return torch.device(device)
+
+
+def cpu_fallback(device, use_gpu, resolved):
+    """The warning to log when a reference GPU index (`device: [0]`) resolved to the CPU."""
+    if use_gpu and isinstance(device, (int, list, tuple)) and resolved.type == 'cpu':
+        return (f'warning: device {device} asks for GPU(s), but CUDA is not available: running on the CPU '
+                '(set device: cpu to silence this, or use device: cuda to make it an error)')
+    return None
 
 
 def stream_seed(*parts):

@@ -1,12 +1,19 @@
 """Work directory, logging, tensorboard, atomic checkpoints and reference-format weight loading."""
 import argparse
 import os
+import re
 import sys
-import tempfile
 import time
+import warnings
 from collections import OrderedDict
 
 import torch
+
+# Safe reading of data files, atomic writes and the work-dir lock live in torchlight.files
+# (numpy only, for the data tools); re-exported here for the tasks.
+from torchlight.files import (DataFileError, WorkDirError, WorkDirLock, atomic_write,  # noqa: F401
+                              load_label_pickle, load_npy, load_pickle, remove_stale_temporaries,
+                              write_json, write_pickle)
 
 
 class WeightsError(RuntimeError):
@@ -25,11 +32,12 @@ class Logger:
             os.makedirs(work_dir, exist_ok=True)
             self._file = open(os.path.join(work_dir, 'log.txt'), 'a', buffering=1)
 
-    def __call__(self, text):
+    def __call__(self, text, echo=True):
+        """Log `text`; echo=False writes it to log.txt only (e.g. an error main.py prints itself)."""
         if not self.enabled:
             return
         line = f'[{time.strftime("%m.%d.%y|%H:%M:%S")}] {text}'
-        if self.print_log:
+        if self.print_log and echo:
             try:
                 from tqdm import tqdm
                 tqdm.write(line, file=sys.stdout)
@@ -73,19 +81,7 @@ def summary_writer(log_dir, enabled=True):
 def atomic_save(obj, path):
     """torch.save to a temporary file in the same folder, then rename: a kill never leaves a
     truncated checkpoint, and an existing file is replaced only by a complete one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # Non-tensor objects that released checkpoints of the original code bases contain
@@ -93,15 +89,39 @@ def atomic_save(obj, path):
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-def read_checkpoint(path):
-    """torch.load with weights_only=True and the small allow-list above."""
+def read_checkpoint(path, what='checkpoint'):
+    """torch.load with weights_only=True and the small allow-list above; a file it refuses or
+    cannot read is a WeightsError saying what the file is (see checkpoint_problem)."""
     if not os.path.isfile(path):
-        raise WeightsError(f'checkpoint not found: {path}')
+        raise WeightsError(f'{what} not found: {path}')
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # plain pickles draw a protocol warning before the refusal explained below
+            warnings.filterwarnings('ignore', message='Detected pickle protocol')
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # pickle errors come in several classes
-        raise WeightsError(f'cannot read checkpoint {path} safely (weights_only=True): {err}') from None
+        raise WeightsError(f'{what} {path} {checkpoint_problem(path, err)}') from None
+
+
+def checkpoint_problem(path, err):
+    """Why torch.load(weights_only=True) refused `path`, in words: what the file is, or the
+    name it refers to. torch's own message advises weights_only=False, which would run
+    whatever the file names, so it is never passed on."""
+    with open(path, 'rb') as f:
+        head = f.read(8)
+    refused = re.search(r'GLOBAL ([\w.]+)', str(err))
+    if refused:
+        return (f'refused: it refers to {refused.group(1)}, which a checkpoint of tensors never '
+                'needs (loaded with weights_only=True; nothing in the file was run)')
+    if not head:
+        return 'is empty, not a PyTorch checkpoint'
+    if head.startswith(b'\x93NUMPY'):
+        return 'is a .npy array, not a PyTorch checkpoint'
+    if head.startswith(b'PK\x03\x04'):
+        return 'is a damaged or truncated PyTorch checkpoint (its zip archive cannot be read)'
+    if head[:1] == b'\x80':
+        return 'is a pickle of other objects, not a PyTorch checkpoint written by torch.save'
+    return f'is not a PyTorch checkpoint (the file starts with {head!r})'
 
 
 def state_dict_of(obj, path='<checkpoint>'):
@@ -148,7 +168,8 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
     0. `container` picks a top-level entry of the file (else 'state_dict', 'model', ...);
     1. keys lose everything up to the last 'module.'; 2. with `prefix`, only the keys under it
     are kept and become `encoder_q.*` (see select_prefix; '' = every key, for files that hold
-    a bare encoder such as AS-CAL's); 3. every key starting with an
+    a bare encoder such as AS-CAL's); 2b. a model with `adapt_weights(weights, path, log)`
+    maps its original's key layout to its own (MAMP); 3. every key starting with an
     `ignore_weights` prefix is dropped; 4. keys the model has but the file lacks are listed
     and keep their current values; 5. keys the file has but the model lacks, and shape
     mismatches, are errors. `rename` optionally maps {old prefix: new prefix} first.
@@ -164,6 +185,8 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
     for old, new in (rename or {}).items():
         weights = OrderedDict((new + k[len(old):] if k.startswith(old) else k, v) for k, v in weights.items())
     ignored = 0
+    if hasattr(model, 'adapt_weights'):   # a method that reads its original's file layout (MAMP)
+        weights = model.adapt_weights(weights, path=path, log=log)
     for dropped in ignore_weights:
         keys = [k for k in weights if k.startswith(dropped)]
         for key in keys:
@@ -175,17 +198,10 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
         if hasattr(module, 'check_weights'):
             module.check_weights(weights, prefix=f'{name}.' if name else '', path=path)
     own = model.state_dict()
-    unexpected = [k for k in weights if k not in own]
-    mismatched = [f'{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
-                  for k in weights if k in own and weights[k].shape != own[k].shape]
-    if unexpected or mismatched:
-        lines = []
-        if unexpected:
-            lines.append(f'unexpected keys (add their prefixes to ignore_weights): {unexpected[:20]}'
-                         + (f' ... and {len(unexpected) - 20} more' if len(unexpected) > 20 else ''))
-        if mismatched:
-            lines.append(f'shape mismatches: {mismatched[:20]}')
-        raise WeightsError(f'cannot load {path}: ' + '; '.join(lines))
+    problems = state_mismatch(weights, own, missing=False,
+                              unexpected_hint='add their prefixes to ignore_weights')
+    if problems:
+        raise WeightsError(f'cannot load {path}: {problems}')
     missing = [k for k in own if k not in weights]
     for key in missing:
         detail(f'Can not find weights [{key}].')
@@ -202,8 +218,30 @@ def missing_summary(keys, shown=3):
     """'encoder_q.fc.weight, encoder_q.fc.bias' or the first few prefixes and a count."""
     heads = list(OrderedDict.fromkeys(k.rsplit('.', 1)[0] for k in keys))
     return ', '.join(heads[:shown]) + (f' and {len(heads) - shown} more modules' if len(heads) > shown else '')
+def state_mismatch(weights, own, missing=True, unexpected_hint='', limit=20):
+    """One line describing how the tensors `weights` differ from the state dict `own` (shape
+    mismatches, unexpected keys and, with `missing`, the keys `weights` lacks; at most `limit`
+    of each, with the count of the rest), or '' when they fit."""
+    def listed(keys):
+        return f'{keys[:limit]}' + (f' ... and {len(keys) - limit} more' if len(keys) > limit else '')
+    unexpected = [k for k in weights if k not in own]
+    mismatched = [f'{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in weights if k in own and weights[k].shape != own[k].shape]
+    lacking = [k for k in own if k not in weights] if missing else []
+    parts = []
+    if mismatched:
+        parts.append(f'shape mismatches: {listed(mismatched)}')
+    if unexpected:
+        parts.append('unexpected keys' + (f' ({unexpected_hint})' if unexpected_hint else '')
+                     + f': {listed(unexpected)}')
+    if lacking:
+        parts.append(f'missing keys: {listed(lacking)}')
+    return '; '.join(parts)
 
 
 def reference_state_dict(model):
-    """Flat CPU state dict with 'module.' removed: the format the reference saves and loads."""
-    return OrderedDict((strip_module(k), v.detach().cpu()) for k, v in model.state_dict().items())
+    """What our reference-format checkpoints hold: the flat CPU state dict with 'module.' removed
+    (the format the reference saves and loads), or, for a method whose original stores another
+    layout, `model.reference_checkpoint(state)` (MAMP: {'model': the original's key names})."""
+    state = OrderedDict((strip_module(k), v.detach().cpu()) for k, v in model.state_dict().items())
+    return model.reference_checkpoint(state) if hasattr(model, 'reference_checkpoint') else state
