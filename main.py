@@ -27,9 +27,25 @@ def _task_help(name, cls):
              'options (default):']
     for key, opt in cls.options.items():
         lines.append(f'  --{key:<22} {opt.help} (default: {opt.default!r})')
+    lines += behaviour_help(cls)
     lines += ['', 'Values are read as YAML scalars; several values make a list (--step 250 280);',
               'nested keys use dots (--model_args.queue_size 1024, --train_feeder_args.data_path X).']
     return '\n'.join(lines)
+
+
+def behaviour_help(cls):
+    """What `--behaviour reference | fixed` sets for the task's default model."""
+    if cls.behaviour_scope is None:
+        return []
+    model = cls.options['model'].default
+    presets = {choice: cls.behaviour_preset(choice, {'model': model}) for choice in ('reference', 'fixed')}
+    if not any(presets.values()):
+        return ['', '--behaviour reference | fixed: the compat options it sets depend on the model '
+                    '(docs/METHODS.md#reproduction-and-fixed-behaviour).']
+    lines = ['', f'--behaviour reference | fixed sets, for model {model} (keys set next to it or later win):']
+    for choice, preset in presets.items():
+        lines.append(f'  {choice:<9} ' + ', '.join(f'{k}: {v!r}' for k, v in preset.items()))
+    return lines
 
 
 RANK_EXIT_DELAY_S = 3

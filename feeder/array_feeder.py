@@ -40,14 +40,28 @@ def balanced_subset(labels, fraction, seed):
     return np.sort(np.concatenate(chosen))
 
 
+def first_per_class(labels, fraction, seed=None):
+    """Indices of the AS-CAL semi-supervised subset: the first int(fraction * N / #classes)
+    clips of every class in file order (at least one), sorted. Deterministic: `seed` unused."""
+    labels = np.asarray(labels)
+    count = max(1, int(fraction * len(labels) / len(np.unique(labels))))
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:count] for c in np.unique(labels)]))
+
+
+SUBSET_RULES = {'balanced': balanced_subset, 'first': first_per_class}   # (labels, fraction, seed) -> indices
+
+
 @FEEDERS.register('skeleton_array', aliases=[
     'feeder.ntu_feeder.Feeder_single', 'feeder.ntu_feeder.Feeder_dual',
     'feeder.ntu_feeder.Feeder_triple', 'feeder.ntu_feeder.Feeder', 'feeder.feeder.Feeder'])
 class SkeletonArrayDataset(Dataset):
     """Reads `data_path` (memory-mapped when `mmap`) and `label_path`.
 
-    label_percent < 1 keeps a class-balanced subset (semi-supervised protocol), chosen from
-    `subset_seed`. `check_finite` scans the array once (in chunks) for NaN/inf.
+    label_percent < 1 keeps a class-balanced subset (semi-supervised protocol): `subset_rule`
+    'balanced' draws round(label_percent * n_c) clips of each class from `subset_seed` (the
+    AimCLR `Feeder_semi` rule), 'first' keeps the first int(label_percent * N / #classes) clips
+    of each class in file order (the AS-CAL rule). `check_finite` scans the array once (in
+    chunks) for NaN/inf.
     `num_frame_path`: an int .npy (N,) of true frame counts (ISC/HiCo data, padded cyclically);
     the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys (MAMP's p_interval /
     window_size), `random_rot` (true or an angle) MAMP's rotation after the crop.
@@ -56,7 +70,8 @@ class SkeletonArrayDataset(Dataset):
     def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
                  check_finite=True, shear_amplitude=None, temperal_padding_ratio=None,
                  aug_method=None, blur_normalized=None, layout=None, num_frame_path=None,
-                 l_ratio=None, input_size=None, random_rot=None, window_size=-1, debug=False):
+                 l_ratio=None, input_size=None, random_rot=None, window_size=-1, debug=False,
+                 aug_order=None, subset_rule='balanced'):
         self.data = load_npy(data_path, mmap=mmap, what='data file')
         if self.data.ndim != 5:
             raise DataError(f'{data_path}: expected a 5-D array (N, C, T, V, M), got shape {self.data.shape}')
@@ -71,17 +86,19 @@ class SkeletonArrayDataset(Dataset):
             self.sample_name, self.label = [f'{i:06d}' for i in range(n)], [-1] * n
         self.num_frame = self._read_num_frame(num_frame_path, n) if num_frame_path else None
         self.index = np.arange(n)
+        if subset_rule not in SUBSET_RULES:
+            raise DataError(f'feeder_args.subset_rule must be one of {sorted(SUBSET_RULES)}, got {subset_rule!r}')
         if label_percent < 1.0:
             if not label_path:
                 raise DataError('label_percent < 1 needs a label_path')
-            self.index = balanced_subset(self.label, label_percent, subset_seed)
+            self.index = SUBSET_RULES[subset_rule](self.label, label_percent, subset_seed)
         # Only keys the config set: pretraining fills in the reference defaults, evaluation
         # treats an absent key as 'no augmentation'.
         if aug_method is not None:   # unquoted YAML or a command-line 123456 arrives as a number
             aug_method = str(aug_method)
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
                      aug_method=aug_method, blur_normalized=blur_normalized, layout=layout,
-                     l_ratio=l_ratio, input_size=input_size, random_rot=random_rot)
+                     l_ratio=l_ratio, input_size=input_size, random_rot=random_rot, aug_order=aug_order)
         self.view_args = {k: v for k, v in given.items() if v is not None}
         try:
             check_view_args(self.view_args, 'feeder_args')

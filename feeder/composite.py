@@ -180,23 +180,31 @@ def draw_normal(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, recor
     return view
 
 
-def parse_aug_method(aug_method):
-    """Op names in the order the digits are written; unknown digits raise ValueError."""
+AUG_ORDERS = ('written', 'reference')
+
+
+def parse_aug_method(aug_method, aug_order='written'):
+    """Op names of `aug_method`: in the order the digits are written ('written', a repeated digit
+    runs twice), or as the reference feeder tests them ('reference': membership in the fixed
+    order 1 -> 6, each op at most once). Unknown digits or orders raise ValueError."""
     unknown = sorted(set(aug_method) - set(augment.EXTREME_OPS))
     if unknown:
         raise ValueError(f'aug_method {aug_method!r} has unknown op ids {unknown}; '
                          f'valid ids: {augment.EXTREME_OPS}')
-    return [augment.EXTREME_OPS[digit] for digit in aug_method]
+    if aug_order not in AUG_ORDERS:
+        raise ValueError(f'aug_order must be one of {AUG_ORDERS}, got {aug_order!r}')
+    digits = aug_method if aug_order == 'written' else [d for d in sorted(augment.EXTREME_OPS) if d in aug_method]
+    return [augment.EXTREME_OPS[digit] for digit in digits]
 
 
 def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',
-                 layout=NTU, blur_normalized=True, record=False):
-    """Crop, shear, then the extreme ops of `aug_method` in the written order, with the
+                 layout=NTU, blur_normalized=True, record=False, aug_order='written'):
+    """Crop, shear, then the extreme ops of `aug_method` (order: `aug_order`), with the
     distributions of the op-level draws in feeder/augment.py (AimCLR reference). record: keep
     the op-level parameters in `View.ops`."""
     n, _, t, v = shape[:4]
     flip_map = get_layout(layout, v).flip_map
-    ops = parse_aug_method(aug_method)
+    ops = parse_aug_method(aug_method, aug_order)
     crop, shear = temperal_padding_ratio > 0, shear_amplitude > 0
     uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear + sum(WIDTH[op] for op in ops))
     seeds = torch.randint(0, 2 ** 62, (ops.count('gaussian_noise'),), generator=gen).tolist()
@@ -286,9 +294,9 @@ def normal_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6):
 
 
 def extreme_view(x, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_method='12345',
-                 layout=NTU, blur_normalized=True):
+                 layout=NTU, blur_normalized=True, aug_order='written'):
     """One extreme view; equals applying the op-level functions in sequence with the same draws."""
     augment.check_xyz(x)
     view = draw_extreme(x.shape, gen, shear_amplitude, temperal_padding_ratio, aug_method, layout,
-                        blur_normalized)
+                        blur_normalized, aug_order=aug_order)
     return apply_views(x, [view])[0]

@@ -54,7 +54,8 @@ def make_views(x, kinds, gen, view_args, lengths=None):
                     temperal_padding_ratio=view_args.get('temperal_padding_ratio', 6),
                     aug_method=view_args.get('aug_method') or '12345',
                     layout=view_args.get('layout'),
-                    blur_normalized=view_args.get('blur_normalized', True))
+                    blur_normalized=view_args.get('blur_normalized', True),
+                    aug_order=view_args.get('aug_order', 'written'))
         if rotation and kind in CROP_KINDS:   # MAMP random_rot, after the crop-resize
             views[-1] = augment.apply_channel_matrix(views[-1], augment.draw_random_rot(len(x), gen, rotation))
     if composite_views:
@@ -107,6 +108,9 @@ def check_view_args(view_args, where):
                              f'crop) with values in (0, 1], got {ratio!r}')
         if len(ratio) == 2 and ratio[0] > ratio[1]:
             raise ValueError(f'{where}.l_ratio: low {ratio[0]} > high {ratio[1]}')
+    order = view_args.get('aug_order')
+    if order is not None and order not in composite.AUG_ORDERS:
+        raise ValueError(f'{where}.aug_order must be one of {composite.AUG_ORDERS}, got {order!r}')
     rot = view_args.get('random_rot')
     if rot is not None and (isinstance(rot, str) or not 0 <= float(rot) <= math.pi):
         raise ValueError(f'{where}.random_rot must be true, false or an angle in radians, got {rot!r}')

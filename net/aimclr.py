@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from net.moco import MoCo
-from net.skeletonclr import top1_positive
+from net.skeletonclr import FINETUNE_BEHAVIOURS, top1_positive
 from torchlight.registry import MODELS
 
 
@@ -62,6 +62,16 @@ class AimCLR(MoCo):
     """
 
     views = ('extreme', 'normal', 'normal')
+    # `behaviour: reference` = the code that produced the published numbers: EADM drop as an
+    # identity, unnormalised blur kernel, extreme ops tested in the fixed order 1 -> 6, key
+    # encoder initialised independently; `fixed` = our corrections (docs/METHODS.md).
+    behaviours = {
+        'pretrain': {
+            'reference': {'model_args.eadm': 'off', 'model_args.key_init': 'reference',
+                          'train_feeder_args.blur_normalized': False, 'train_feeder_args.aug_order': 'reference'},
+            'fixed': {'model_args.eadm': 'fixed', 'model_args.key_init': 'copy',
+                      'train_feeder_args.blur_normalized': True, 'train_feeder_args.aug_order': 'written'}},
+        'finetune': FINETUNE_BEHAVIOURS}
 
     def __init__(self, base_encoder='net.st_gcn.Model', pretrain=True, feature_dim=128,
                  queue_size=32768, momentum=0.999, Temperature=0.07, mlp=True, num_class=60,

@@ -161,6 +161,10 @@ class ASAR(MoCo):
     """
 
     views = ('normal', 'normal')
+    # `behaviour: reference`: the untransposed dequeue block and zero centroids (asar_compat),
+    # key encoder initialised independently; `fixed`: our corrections
+    behaviours = {'pretrain': {'reference': {'model_args.asar_compat': True, 'model_args.key_init': 'reference'},
+                               'fixed': {'model_args.asar_compat': False, 'model_args.key_init': 'copy'}}}
 
     def __init__(self, base_encoder='net.st_gcn.Model', pretrain=True, feature_dim=128,
                  queue_size=32768, momentum=0.999, Temperature=0.07, mlp=True, num_class=60,

@@ -49,6 +49,14 @@ class ASCAL(MoCo):
     """
 
     views = ('ascal1', 'ascal2')
+    # `behaviour: reference`: unnormalised gausFilter kernel in pretraining; semi-supervised
+    # subset = first clips of each class in file order, stage 1 keeps the best-training-accuracy
+    # model for stage 2 (a linear evaluation on all labels). `fixed`: our choices.
+    behaviours = {
+        'pretrain': {'reference': {'train_feeder_args.blur_normalized': False},
+                     'fixed': {'train_feeder_args.blur_normalized': True}},
+        'finetune': {'reference': {'train_feeder_args.subset_rule': 'first', 'keep_best_train': True},
+                     'fixed': {'train_feeder_args.subset_rule': 'balanced', 'keep_best_train': False}}}
 
     def __init__(self, base_encoder='ascal_lstm', pretrain=True, queue_size=16384, momentum=0.999,
                  Temperature=0.06, loss_type='infonce', queue_warmup_epochs=1, num_class=60,

@@ -37,6 +37,10 @@ def info_nce(positive, negative):
 @MODELS.register('hico', aliases=['hico.builder.HiCo'])
 class HiCo(nn.Module):
     views = ('crop_pose', 'crop_pose')
+    # `behaviour: reference`: clip/part pointers wrap at K (6,144 columns stay random);
+    # `fixed`: at the true length G*K
+    behaviours = {'pretrain': {'reference': {'model_args.queue_ptr_mod': 'K'},
+                               'fixed': {'model_args.queue_ptr_mod': 'GK'}}}
 
     def __init__(self, base_encoder='hico_encoder', pretrain=True, feature_dim=128, queue_size=2048,
                  momentum=0.999, Temperature=0.2, num_class=60, queue_ptr_mod='GK', **encoder_args):

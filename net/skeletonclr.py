@@ -11,9 +11,19 @@ def top1_positive(logits):
     return (logits.argmax(dim=1) == 0).float().mean()
 
 
+# The original fine-tuning / semi-supervised processors (AimCLR repository) train with the
+# whole model in eval mode: frozen BN statistics, no dropout (reference doc 4.4, 4.5).
+FINETUNE_BEHAVIOURS = {'reference': {'bn_mode': 'eval'}, 'fixed': {'bn_mode': 'train'}}
+
+
 @MODELS.register('skeletonclr', aliases=['net.skeletonclr.SkeletonCLR'])
 class SkeletonCLR(MoCo):
     views = ('normal', 'normal')
+    # `behaviour: reference | fixed` (processor.base.Processor.behaviour_preset): the reference
+    # processor initialises the key encoder independently (its custom init runs after the copy)
+    behaviours = {'pretrain': {'reference': {'model_args.key_init': 'reference'},
+                               'fixed': {'model_args.key_init': 'copy'}},
+                  'finetune': FINETUNE_BEHAVIOURS}
 
     def contrast(self, views, epoch):
         x_q, x_k = views

@@ -270,6 +270,8 @@ class EADM(nn.Module):
 
     def __init__(self, keep_prob=0.7, e_lambda=1e-4, mode='off'):
         super().__init__()
+        if mode is False:   # an unquoted `eadm: off` (YAML reads it as false)
+            mode = 'off'
         if mode not in EADM_MODES:
             raise ValueError(f'unknown eadm mode {mode!r}; valid: {list(EADM_MODES)}')
         self.keep_prob, self.e_lambda, self.mode = keep_prob, e_lambda, mode

@@ -44,6 +44,9 @@ def resume_spec(value):
 
 BASE_OPTIONS = {
     # -- run
+    'behaviour': Opt(None, str, "reference | fixed: set every compat option of the method (and of this "
+                                "protocol) to the original code's behaviour or to our fixes in one line; "
+                                "keys set next to it or later win (docs/METHODS.md#reproduction-and-fixed-behaviour)"),
     'work_dir': Opt('./work_dir/tmp', str, 'folder for log.txt, config.yaml, tensorboard events, checkpoints'),
     'config': Opt(None, str, 'YAML file with option values (command line wins over it)'),
     'phase': Opt('train', str, "'train', or 'test' (evaluate `weights` once)"),
@@ -114,6 +117,7 @@ class Processor:
 
     options = BASE_OPTIONS
     description = ''
+    behaviour_scope = None   # which table of a method's `behaviours` this task applies
     lock = None
     stale_temporaries = ()
 
@@ -171,7 +175,28 @@ class Processor:
     # ------------------------------------------------------------------ config
     @classmethod
     def from_argv(cls, argv):
-        return cls(build_config(cls.options, argv), argv)
+        return cls(cls.build_config(argv), argv)
+
+    @classmethod
+    def build_config(cls, argv):
+        """The typed config of `argv` (defaults < YAML < command line, `behaviour` presets).
+        `{stream}` in `work_dir` / `weights` becomes the stream, so one file serves every stream
+        (`--stream bone`)."""
+        cfg = build_config(cls.options, argv, presets=cls.behaviour_preset)
+        for key in ('work_dir', 'weights'):
+            if isinstance(cfg.get(key), str):
+                cfg[key] = cfg[key].replace('{stream}', str(cfg['stream']))
+        return cfg
+
+    @classmethod
+    def behaviour_preset(cls, choice, cfg):
+        """{dotted option: value} that `behaviour: choice` sets for the configured method: the
+        method class's own `behaviours[behaviour_scope][choice]` (not inherited; {} if none)."""
+        try:
+            model_cls = MODELS.get(cfg['model'])
+        except (KeyError, TypeError):
+            return {}   # build_model reports a missing or unknown model
+        return dict(vars(model_cls).get('behaviours', {}).get(cls.behaviour_scope, {}).get(choice, {}))
 
     def validate(self):
         cfg = self.cfg

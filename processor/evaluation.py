@@ -97,7 +97,8 @@ EVAL_OPTIONS = {
 }
 
 # What an evaluation writes into work_dir; a re-run refuses to replace them without --overwrite.
-EVAL_OUTPUTS = {'train': ('results.json', 'best_model.pt', 'test_result.pkl', 'test_result_final.pkl'),
+EVAL_OUTPUTS = {'train': ('results.json', 'best_model.pt', 'test_result.pkl', 'test_result_final.pkl',
+                          'best_train_model.pt'),
                 'test': ('test_result.pkl', 'test_results.json')}
 
 
@@ -245,23 +246,29 @@ class ClassifierProcessor(Processor):
         for epoch in self.progress(range(1, cfg['num_epoch'] + 1), desc='epochs'):
             lr = self.set_lr(optimizer, epoch)
             self.set_train_mode()
-            losses = []
+            losses, hits, seen = [], 0, 0
             steps = self.steps_per_epoch()
             for step, (inputs, labels) in enumerate(self.train_batches(epoch)):
                 if self.per_iteration_lr:   # cosine schedule: lr moves every iteration (MAE/MAMP)
                     lr = self.set_lr(optimizer, epoch, step / steps)
-                loss = F.cross_entropy(self.scores(inputs), labels, label_smoothing=cfg['label_smoothing'])
+                scores = self.scores(inputs)
+                loss = F.cross_entropy(scores, labels, label_smoothing=cfg['label_smoothing'])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.clip_gradients()
                 optimizer.step()
                 losses.append(loss.item())
+                hits += (scores.detach().argmax(1) == labels).sum().item()
+                seen += len(labels)
             mean_loss = float(np.mean(losses))
             if not np.isfinite(mean_loss):
                 raise FloatingPointError(f'train loss of epoch {epoch} is {mean_loss} (lower base_lr?)')
+            train_acc = dist.all_reduce_mean(hits / max(seen, 1))
             train_writer.add_scalar('loss', mean_loss, epoch)
+            train_writer.add_scalar('top1', train_acc, epoch)
             train_writer.add_scalar('lr', lr, epoch)
-            self.log(f'Epoch {epoch} | train loss {mean_loss:.4f} | lr {lr:.5f}')
+            self.log(f'Epoch {epoch} | train loss {mean_loss:.4f} | train top1 {100 * train_acc:.2f}% | lr {lr:.5f}')
+            self.after_train_epoch(epoch, train_acc)
             last = epoch == cfg['num_epoch']
             if last or (cfg['eval_interval'] > 0 and epoch % cfg['eval_interval'] == 0):
                 logits, accuracy, loss = self.evaluate()
@@ -309,6 +316,9 @@ class ClassifierProcessor(Processor):
         self.model.eval()
         self.model.encoder_q.fc.train()
 
+    def after_train_epoch(self, epoch, train_acc):
+        pass
+
     def clip_gradients(self):
         pass
 
@@ -328,6 +338,8 @@ FINETUNE_OPTIONS = {
     'weight_decay': Opt(1e-4, float, 'weight decay'),
     'bn_mode': Opt('train', str, "'train' (BN statistics adapt) or 'eval' (the reference: frozen BN, no dropout)"),
     'grad_clip': Opt(0.0, float, 'clip the gradient norm to this value (0: off; reference semi-supervised: 2)'),
+    'keep_best_train': Opt(False, bool, 'also save best_train_model.pt at the epoch of the best training top-1 '
+                                        '(AS-CAL semi-supervised stage 1; its stage 2 loads that file)'),
 }
 
 
@@ -337,6 +349,7 @@ class FinetuneEvaluation(ClassifierProcessor):
                    'the semi-supervised protocol')
     options = FINETUNE_OPTIONS
     train_encoder = True
+    behaviour_scope = 'finetune'
 
     def validate(self):
         super().validate()
@@ -365,6 +378,12 @@ class FinetuneEvaluation(ClassifierProcessor):
 
     def set_train_mode(self):
         self.model.train(self.cfg['bn_mode'] == 'train')
+
+    def after_train_epoch(self, epoch, train_acc):
+        if self.cfg['keep_best_train'] and train_acc > getattr(self, 'best_train_acc', -1.0):
+            self.best_train_acc = train_acc
+            self.save_model('best_train_model.pt')
+            self.log(f'best training top1 {100 * train_acc:.2f}% (epoch {epoch}): best_train_model.pt')
 
     def clip_gradients(self):
         if self.cfg['grad_clip'] > 0:

@@ -43,6 +43,7 @@ class PretrainProcessor(Processor):
     # argument (reference files keep e.g. AimCLR's mining_epoch/topk at the top level);
     # model_args entries win.
     method_options = {}
+    behaviour_scope = 'pretrain'
     frozen_steps = 0   # steps of the current epoch the method ran without an update
 
     def method_kwargs(self):

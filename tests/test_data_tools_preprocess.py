@@ -160,10 +160,13 @@ def test_resize_taps_known_values():
 def test_aimclr_matches_per_frame_reference(lengths):
     rng = np.random.default_rng(len(lengths))
     batch = raw_batch(rng, lengths)
-    fast = aimclr_preprocess.preprocess_batch(batch)
+    fast = aimclr_preprocess.preprocess_batch(batch, precision='float64')   # angles in float64, as this loop
+    default = aimclr_preprocess.preprocess_batch(batch)   # float32 angles (the reference's arithmetic)
     assert fast.shape == (len(lengths), 3, 50, 25, 2) and fast.dtype == np.float32
     for n in range(len(lengths)):
-        np.testing.assert_allclose(fast[n], aimclr_reference(batch[n]), rtol=1e-5, atol=2e-6)
+        expected = aimclr_reference(batch[n])
+        np.testing.assert_allclose(fast[n], expected, rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(default[n], expected, rtol=1e-4, atol=1e-5)
     assert not fast[1::2, :, :, :, 1].any()  # absent second body stays zero
 
 
@@ -268,6 +271,37 @@ def test_isc_tool_num_frame_copied_or_computed(tmp_path):
     assert np.load(tmp_path / 'a' / 'out' / 'train_num_frame.npy').tolist() == list(range(100, 106))
     # computed: last non-empty frame + 1 (sample 3 has a hole but ends at 7)
     assert np.load(tmp_path / 'b' / 'out' / 'train_num_frame.npy').tolist() == [30, 40, 12, 7, 20, 0]
+
+
+def parallel_skeleton_reference(body):
+    """The reference `parallel_skeleton` arithmetic on one (3, T, 25) float32 body: float32
+    angle in degrees, per-frame float64 matrix holding float32 cos / sin, float64 product."""
+    vec = body[:, :, 8] - body[:, :, 4]
+    vec[1, :] = 0
+    norm = np.sqrt(np.sum(np.square(vec), axis=0))
+    degrees = np.arccos(vec[0, :] / (norm + 0.0001)) * (180 / np.pi)
+    if np.sum(vec[2, :]) >= 0:
+        degrees = -degrees
+    out = np.zeros_like(body)
+    for t, theta in enumerate(degrees * np.pi / 180):
+        matrix = np.zeros((3, 3))
+        matrix[0, 0], matrix[0, 2], matrix[1, 1] = np.cos(theta), -np.sin(theta), 1
+        matrix[2, 0], matrix[2, 2] = np.sin(theta), np.cos(theta)
+        out[:, t] = np.dot(matrix, body[:, t])
+    return out
+
+
+def test_aimclr_rotation_reproduces_the_reference_float32_arithmetic():
+    rng = np.random.default_rng(7)
+    resized = rng.normal(scale=0.4, size=(6, 3, 50, 25, 2)).astype(np.float32)
+    ours = aimclr_preprocess.parallel_shoulders(resized)              # default: float32 (reference)
+    wide = aimclr_preprocess.parallel_shoulders(resized, precision='float64')
+    reference = np.stack([np.stack([parallel_skeleton_reference(resized[n, ..., m].copy()) for m in range(2)], -1)
+                          for n in range(len(resized))])
+    np.testing.assert_array_max_ulp(ours, reference, maxulp=1)
+    assert np.abs(wide - reference).max() > 0   # the float64 angle is a different computation
+    with pytest.raises(ValueError, match='precision'):
+        aimclr_preprocess.parallel_shoulders(resized, precision='float16')
 
 
 # --------------------------------------------------------------------------------------------

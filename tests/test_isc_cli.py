@@ -94,7 +94,19 @@ def test_inter_pretraining_then_linear_evaluation_of_the_graph_branch(isc_data, 
             assert torch.equal(value, state['encoder_r.' + key[len('encoder_q.'):]]), key
 
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', 'ntu60', 'isc', '*', '*.yaml')))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', 'ntu*', 'isc', '*', '*.yaml')))
+
+
+def evaluated_branch(name):
+    """(pretext file stem, evaluates the second encoder) of an evaluation file: `*_isc_<enc>`
+    (intra), `*_isc_inter_<gru|agcn>` (seq+graph, the released scripts' names) or
+    `*_isc_inter_<enc1>_<enc2>_<branch>`."""
+    stem = name.split('_isc_')[1][:-5]
+    if not stem.startswith('inter_'):
+        return stem, False
+    parts = stem[len('inter_'):].split('_')
+    pair, branch = (('gru', 'agcn'), parts[0]) if len(parts) == 1 else (tuple(parts[:2]), parts[2])
+    return 'inter_' + '_'.join(pair), branch == pair[1]
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
@@ -105,24 +117,26 @@ def test_shipped_isc_configs_hold_the_reference_presets(path):
     cfg = build_config(TASKS.get(task).options, ['--config', path])
     args, train, test = cfg['model_args'], cfg['train_feeder_args'], cfg['test_feeder_args']
     assert train['input_size'] == 64 and train['num_frame_path'].endswith('train_num_frame.npy')
+    ntu120 = os.sep + 'ntu120' + os.sep in path
     if task.startswith('pretrain'):
-        assert (cfg['base_lr'], cfg['batch_size'], cfg['num_epoch'], cfg['step']) == (0.01, 64, 451, [351])
+        schedule = (351, [251, 351]) if ntu120 else (451, [351])
+        assert (cfg['base_lr'], cfg['batch_size'], cfg['num_epoch'], cfg['step']) == (0.01, 64, *schedule)
         assert (cfg['weight_decay'], cfg['nesterov']) == (1e-4, False) and train['l_ratio'] == [0.1, 1.0]
         assert (args['queue_size'], args['momentum'], args['Temperature'], args['feature_dim'], args['mlp']) == \
             (16384, 0.999, 0.07, 128, True)
         return
     assert args['pretrain'] is False and cfg['ignore_weights'] == ['encoder_q.fc']
     assert test['l_ratio'] == [0.95] and cfg['test_feeder_args']['num_frame_path'].endswith('val_num_frame.npy')
-    # the branch matches the representation (reference doc ISC 3.5): graph of seq+graph is encoder_r
-    assert cfg['weights_prefix'] == ('encoder_r.' if 'inter_agcn' in name else 'encoder_q.')
+    # the branch matches the representation (reference doc ISC 3.5): the second encoder is encoder_r
+    stem, second = evaluated_branch(name)
+    assert cfg['weights_prefix'] == ('encoder_r.' if second else 'encoder_q.')
     # the evaluated encoder is built like the pretraining run's encoder of that branch
-    pretext = os.path.join(os.path.dirname(path), 'pretext_isc_' + (
-        'inter_gru_agcn' if '_inter_' in name else name.split('_isc_')[1][:-5]) + '.yaml')
+    pretext = os.path.join(os.path.dirname(path), f'pretext_isc_{stem}.yaml')
     with open(pretext) as f:
         pretext_cfg = yaml.safe_load(f)
     run = pretext_cfg['model_args']
-    source = run.get('second_encoder_args', {}) if 'inter_agcn' in name else run
-    assert args['base_encoder'] == (run.get('second_encoder') if 'inter_agcn' in name else run['base_encoder'])
+    source = run.get('second_encoder_args', {}) if second else run
+    assert args['base_encoder'] == (run.get('second_encoder') if second else run['base_encoder'])
     assert all(source[k] == v for k, v in args.items() if k not in ('base_encoder', 'pretrain', 'num_class'))
     assert cfg['weights'] == f"{pretext_cfg['work_dir']}/epoch{pretext_cfg['num_epoch']}_model.pt"
     if task == 'linear_evaluation':

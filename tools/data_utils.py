@@ -468,11 +468,13 @@ def center_on_joint(sequence, joint):
 # rotations
 # --------------------------------------------------------------------------------------------
 
-def rotate_about_y(xyz, theta):
+def rotate_about_y(xyz, theta, trig_dtype=None):
     """Applies R_y(theta) = [[cos, 0, -sin], [0, 1, 0], [sin, 0, cos]] (as new = R @ xyz).
 
     `xyz` has the coordinate on axis 0 (3, ...); `theta` (radians) broadcasts against xyz[0].
+    `trig_dtype`: the precision of cos / sin (the product runs in xyz's dtype).
     """
+    theta = np.asarray(theta) if trig_dtype is None else np.asarray(theta, dtype=trig_dtype)
     cos, sin = np.cos(theta), np.sin(theta)
     x, y, z = xyz[0], xyz[1], xyz[2]
     return np.stack([cos * x - sin * z, y, sin * x + cos * z])

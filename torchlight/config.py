@@ -158,20 +158,41 @@ def load_yaml(path):
     return data
 
 
-def build_config(options, argv):
+BEHAVIOURS = ('reference', 'fixed')
+
+
+def build_config(options, argv, presets=None):
     """Merge defaults < YAML (from --config) < command line into a typed dict.
 
-    `options`: {name: Opt}. Returns (config dict, command-line overrides as given).
+    `options`: {name: Opt}. `presets(choice, cfg)`: the option values {dotted key: value} that
+    `behaviour: choice` stands for, given the merged config (e.g. its model). A layer (YAML
+    file or command line) that sets `behaviour` gets that preset applied just before its own
+    keys, so keys written next to it, or on a later layer, win, and `--behaviour` on the
+    command line overrides the compat keys of the file.
     """
     cli = parse_overrides(argv)
-    cfg = {name: copy.deepcopy(opt.default) for name, opt in options.items()}
-    sources = []
     config_path = cli.pop('config', None)
-    if config_path:
-        if 'config' in options:
-            cfg['config'] = config_path
-        sources.append((load_yaml(config_path), f'config file {config_path}'))
+    sources = [(load_yaml(config_path), f'config file {config_path}')] if config_path else []
     sources.append((cli, 'command line'))
+    cfg = _merge(options, sources, config_path)
+    if presets is None or not any('behaviour' in layer for layer, _ in sources):
+        return cfg
+    expanded = []
+    for layer, origin in sources:
+        if 'behaviour' in layer:
+            choice = layer['behaviour']
+            if choice not in BEHAVIOURS:
+                raise ConfigError(f"option 'behaviour' in {origin} must be one of {', '.join(BEHAVIOURS)}, "
+                                  f'got {choice!r}')
+            expanded.append((presets(choice, cfg), f'behaviour: {choice} (in {origin})'))
+        expanded.append((layer, origin))
+    return _merge(options, expanded, config_path)
+
+
+def _merge(options, sources, config_path):
+    cfg = {name: copy.deepcopy(opt.default) for name, opt in options.items()}
+    if config_path and 'config' in options:
+        cfg['config'] = config_path
     for layer, origin in sources:
         for dotted, value in layer.items():
             _set(cfg, options, dotted, value, origin)
