@@ -15,7 +15,7 @@ from net.graph import Graph, agcn_adjacency
 from tests.conftest import ROOT, TINY_ENCODER, write_dataset
 from tools import custom_gendata, plot_skeleton, plot_tsne
 
-UTD = os.path.join(ROOT, 'config', 'layouts', 'kinect_v1_utd.yaml')
+UTD = os.path.join(ROOT, 'tools', 'resources', 'kinect_v1_utd_layout.yaml')
 # UTD-MHAD joint u is NW-UCLA joint UTD_TO_UCLA[u] (head, shoulder centre, spine, hip centre reversed)
 UTD_TO_UCLA = [3, 2, 1, 0] + list(range(4, 20))
 
