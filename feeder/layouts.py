@@ -131,7 +131,7 @@ def get_layout(spec=None, num_joints=None):
         raise LayoutError(f'unknown skeleton layout {spec!r}: use one of {sorted(BUILTIN)} or the '
                           'path of a layout YAML (docs/DATA.md)')
     if num_joints is not None and layout.num_joints != num_joints:
-        raise LayoutError(f'layout {layout.name!r} has {layout.num_joints} joints, but the data has '
+        raise LayoutError(f'layout {layout.name!r} has V={layout.num_joints} joints, but the data has '
                           f'V={num_joints}')
     return layout
 

@@ -294,7 +294,8 @@ class Processor:
             try:   # the data has the layout's joint count
                 get_layout(self.layout, dataset.shape[3])
             except ConfigError as err:
-                raise ConfigError(f"{split}_feeder_args.data_path {args.get('data_path')}: {err}") from None
+                raise ConfigError(f"{split}_feeder_args.data_path {args.get('data_path')}: clips of shape "
+                                  f"(C, T, V, M) = {tuple(dataset.shape[1:])} do not fit the skeleton: {err}") from None
             dataset.view_args.setdefault('layout', self.layout)   # flips use the same joints
         return dataset
 

@@ -60,7 +60,7 @@ def test_layout_file_errors_name_file_and_key(tmp_path, content, message):
 
 
 def test_layout_joint_count_must_match_the_data():
-    with pytest.raises(layouts.LayoutError, match="has 20 joints, but the data has V=25"):
+    with pytest.raises(layouts.LayoutError, match="has V=20 joints, but the data has V=25"):
         layouts.get_layout(UTD, 25)
 
 
@@ -124,7 +124,7 @@ def test_skeleton_gif_has_one_frame_per_clip_frame_for_20_joints(tmp_path):
     png = tmp_path / 'grid.png'
     assert plot_skeleton.main(['--data', data, '--label', label, '--out', str(png)]) == 0   # nw-ucla bones
     assert png.stat().st_size > 1000
-    with pytest.raises(ValueError, match="layout 'ntu-rgb\\+d' has 25 joints, but the data has V=20"):
+    with pytest.raises(ValueError, match="layout 'ntu-rgb\\+d' has V=25 joints, but the data has V=20"):
         plot_skeleton.main(['--data', data, '--label', label, '--out', str(png), '--layout', 'ntu-rgb+d'])
 
 

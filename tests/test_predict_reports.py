@@ -122,7 +122,7 @@ def test_predict_clear_errors(linear, tiny_data, tmp_path, pretrained, capsys):
     args = eval_args(tiny_data, str(tmp_path / 'p2'), best, ['--input', str(clips)])
     assert main.main(['predict'] + args) == 2
     err = capsys.readouterr().err
-    assert 'ucla.npy' in err and "layout 'ntu-rgb+d' has 25 joints, but the data has V=20" in err
+    assert 'ucla.npy' in err and "layout 'ntu-rgb+d' has V=25 joints, but the data has V=20" in err
 
 
 def test_predict_reads_a_folder_of_sequences(linear, tiny_data, tmp_path):
