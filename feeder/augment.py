@@ -18,13 +18,12 @@ import numpy as np
 import torch
 
 from feeder import native
-from feeder.streams import NTU, NW_UCLA
+from feeder.layouts import BUILTIN, NTU, NW_UCLA, get_layout
 
-# Spatial "flip" swaps left/right joint labels; coordinates are not mirrored (reference quirk).
-NTU_FLIP_MAP = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15,
-                20, 23, 24, 21, 22)
-# Kinect v1: left arm 4-7 <-> right arm 8-11, left leg 12-15 <-> right leg 16-19.
-NW_UCLA_FLIP_MAP = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15)
+# Spatial "flip" swaps left/right joint labels (the layout's flip pairs); coordinates are not
+# mirrored (reference quirk).
+NTU_FLIP_MAP = BUILTIN[NTU].flip_map
+NW_UCLA_FLIP_MAP = BUILTIN[NW_UCLA].flip_map
 FLIP_MAPS = {NTU: NTU_FLIP_MAP, NW_UCLA: NW_UCLA_FLIP_MAP}
 
 BLUR_RADIUS = 7  # 15-tap kernel, offsets -7..7, zero padding 7
@@ -201,9 +200,7 @@ def apply_shear(x, matrix):
 # ----------------------------------------------------------------------------- extreme ops
 
 def draw_spatial_flip(n, gen, layout=NTU, p=0.5):
-    if layout not in FLIP_MAPS:
-        raise ValueError(f'unknown layout {layout!r}; valid: {sorted(FLIP_MAPS)}')
-    return FlipParams(_coin(n, gen, p), FLIP_MAPS[layout])
+    return FlipParams(_coin(n, gen, p), get_layout(layout).flip_map)
 
 
 def apply_spatial_flip(x, params):

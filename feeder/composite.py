@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from feeder import augment, native
-from feeder.streams import NTU, infer_layout
+from feeder.layouts import NTU, get_layout
 
 
 class LinearMap:
@@ -213,9 +213,7 @@ def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_
     distributions of the op-level draws in feeder/augment.py (AimCLR reference). record: keep
     the op-level parameters in `View.ops`."""
     n, _, t, v = shape[:4]
-    layout = infer_layout(v, layout)
-    if layout not in augment.FLIP_MAPS:
-        raise ValueError(f'unknown layout {layout!r}; valid: {sorted(augment.FLIP_MAPS)}')
+    flip_map = get_layout(layout, v).flip_map
     ops = parse_aug_method(aug_method, aug_order)
     crop, shear = temperal_padding_ratio > 0, shear_amplitude > 0
     uniforms = _Uniforms(n, gen, WIDTH['crop'] * crop + WIDTH['shear'] * shear + sum(WIDTH[op] for op in ops))
@@ -245,8 +243,8 @@ def draw_extreme(shape, gen, shear_amplitude=0.5, temperal_padding_ratio=6, aug_
             params = lambda: augment.AxisMaskParams(tensor(applied), tensor(axis))
         elif op == 'spatial_flip':
             applied = uniforms.coins()
-            steps.append(('joints', (applied, augment.FLIP_MAPS[layout])))
-            params = lambda: augment.FlipParams(tensor(applied), augment.FLIP_MAPS[layout])
+            steps.append(('joints', (applied, flip_map)))
+            params = lambda: augment.FlipParams(tensor(applied), flip_map)
         elif op == 'temporal_flip':
             applied = uniforms.coins()
             steps.append(('frames', applied))

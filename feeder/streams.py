@@ -1,55 +1,29 @@
 """Input streams (joint, motion, bone) computed batched from joint clips (N, C, T, V, M).
 
-Also the single source of skeleton-layout knowledge (joint counts, bone trees) that other
-modules import.
+Skeleton layouts (joint counts, bone trees) come from feeder/layouts.py; the names below are
+kept for the modules and tests that import them from here.
 """
 import torch
 
-NTU = 'ntu-rgb+d'
-NW_UCLA = 'nw-ucla'
-NUM_JOINTS = {NTU: 25, NW_UCLA: 20}
+from feeder.layouts import (BUILTIN, NTU, NTU_BONE_PAIRS_1BASED, NW_UCLA, NW_UCLA_EDGES,  # noqa: F401
+                            get_layout)
 
-# NTU RGB+D bones as (v, u) 1-based pairs, exactly as the reference lists them: the bone of
-# joint v is x_v - x_u. (21, 21) makes the root (spine-shoulder) a zero bone.
-NTU_BONE_PAIRS_1BASED = (
-    (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
-    (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),
-    (20, 19), (21, 21), (22, 23), (23, 8), (24, 25), (25, 12),
-)
-NTU_BONES = tuple((v - 1, u - 1) for v, u in NTU_BONE_PAIRS_1BASED)
-
-# NW-UCLA (Kinect v1) bones as (child, parent), 0-based; joint 0 (hip centre) is the root.
-NW_UCLA_BONES = (
-    (1, 0), (2, 1), (3, 2), (4, 2), (5, 4), (6, 5), (7, 6), (8, 2), (9, 8), (10, 9),
-    (11, 10), (12, 0), (13, 12), (14, 13), (15, 14), (16, 0), (17, 16), (18, 17), (19, 18),
-)
-
-BONES = {NTU: NTU_BONES, NW_UCLA: NW_UCLA_BONES}
+NUM_JOINTS = {name: layout.num_joints for name, layout in BUILTIN.items()}
+NTU_BONES = BUILTIN[NTU].bones
+NW_UCLA_BONES = NW_UCLA_EDGES   # (child, parent), 0-based; joint 0 (hip centre) is the root
+BONES = {name: layout.bones for name, layout in BUILTIN.items()}
 STREAMS = ('joint', 'motion', 'bone')
 
 
 def infer_layout(num_joints, layout=None):
-    """Return `layout` if given (validated), else the layout whose joint count is `num_joints`."""
-    if layout is not None:
-        if layout not in NUM_JOINTS:
-            raise ValueError(f'unknown layout {layout!r}; valid: {sorted(NUM_JOINTS)}')
-        if NUM_JOINTS[layout] != num_joints:
-            raise ValueError(f'layout {layout!r} has {NUM_JOINTS[layout]} joints, '
-                             f'got V={num_joints}')
-        return layout
-    for name, count in NUM_JOINTS.items():
-        if count == num_joints:
-            return name
-    raise ValueError(f'cannot infer the skeleton layout from V={num_joints}; '
-                     f'known joint counts: {NUM_JOINTS}')
+    """The name of `layout` (built-in name or layout file, checked against `num_joints`), or of
+    the built-in layout with `num_joints` joints."""
+    return get_layout(layout, num_joints).name
 
 
 def parent_index(layout):
     """(V,) long tensor: parent of every joint; roots are their own parent (zero bone)."""
-    parents = list(range(NUM_JOINTS[layout]))
-    for child, parent in BONES[layout]:
-        parents[child] = parent
-    return torch.tensor(parents, dtype=torch.long)
+    return torch.tensor(get_layout(layout).parents, dtype=torch.long)
 
 
 def joint_to_motion(x):
@@ -61,8 +35,7 @@ def joint_to_motion(x):
 
 def joint_to_bone(x, layout=None):
     """b[v] = x[v] - x[parent(v)] for every joint; roots get a zero bone."""
-    layout = infer_layout(x.shape[3], layout)
-    parents = parent_index(layout).to(x.device)
+    parents = parent_index(get_layout(layout, x.shape[3])).to(x.device)
     return x - x.index_select(3, parents)
 
 

@@ -7,28 +7,15 @@ part. Checkpoints store ``A``, so the values must match bit for bit after the fl
 """
 import numpy as np
 
-# 1-based (joint, joint) bones of the NTU RGB+D 25-joint Kinect v2 skeleton, reference order.
-NTU_EDGES_1BASED = (
-    (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9),
-    (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18),
-    (20, 19), (22, 23), (23, 8), (24, 25), (25, 12),
-)
-NTU_EDGES = tuple((i - 1, j - 1) for i, j in NTU_EDGES_1BASED)
-NTU_NUM_NODE = 25
-NTU_CENTER = 20  # spine (joint 21, 1-based)
+from feeder.layouts import BUILTIN, NTU, NTU_EDGES_1BASED, NW_UCLA, get_layout  # noqa: F401
 
-# 0-based (child, parent) bones of the NW-UCLA 20-joint Kinect v1 skeleton.
-NW_UCLA_EDGES = (
-    (1, 0), (2, 1), (3, 2), (4, 2), (5, 4), (6, 5), (7, 6), (8, 2), (9, 8), (10, 9),
-    (11, 10), (12, 0), (13, 12), (14, 13), (15, 14), (16, 0), (17, 16), (18, 17), (19, 18),
-)
-NW_UCLA_NUM_NODE = 20
-NW_UCLA_CENTER = 2  # shoulder centre
-
-LAYOUTS = {
-    'ntu-rgb+d': (NTU_NUM_NODE, NTU_EDGES, NTU_CENTER),
-    'nw-ucla': (NW_UCLA_NUM_NODE, NW_UCLA_EDGES, NW_UCLA_CENTER),
-}
+# The built-in layouts' graphs (feeder/layouts.py holds them; a layout file declares your own).
+NTU_EDGES = BUILTIN[NTU].edges
+NTU_NUM_NODE = BUILTIN[NTU].num_joints
+NTU_CENTER = BUILTIN[NTU].center  # spine (joint 21, 1-based)
+NW_UCLA_EDGES = BUILTIN[NW_UCLA].edges
+NW_UCLA_NUM_NODE = BUILTIN[NW_UCLA].num_joints
+NW_UCLA_CENTER = BUILTIN[NW_UCLA].center  # shoulder centre
 STRATEGIES = ('uniform', 'distance', 'spatial')
 
 
@@ -60,13 +47,13 @@ class Graph:
     """
 
     def __init__(self, layout='ntu-rgb+d', strategy='spatial', max_hop=1, dilation=1):
-        if layout not in LAYOUTS:
-            raise ValueError(f'unknown graph layout {layout!r}; valid: {sorted(LAYOUTS)}')
+        """layout: a built-in name or a layout file (feeder/layouts.py)."""
+        skeleton = get_layout(layout)
         if strategy not in STRATEGIES:
             raise ValueError(f'unknown graph strategy {strategy!r}; valid: {list(STRATEGIES)}')
         self.layout, self.strategy = layout, strategy
         self.max_hop, self.dilation = max_hop, dilation
-        self.num_node, self.edges, self.center = LAYOUTS[layout]
+        self.num_node, self.edges, self.center = skeleton.num_joints, skeleton.edges, skeleton.center
         self_links = [(i, i) for i in range(self.num_node)]
         self.edge = self_links + list(self.edges)
         self.hop_dis = hop_distance(self.num_node, self.edge, max_hop)
@@ -121,11 +108,10 @@ def agcn_adjacency(layout='ntu-rgb+d', labeling_mode='spatial'):
     """The 2s-AGCN / ISC graph (reference doc ISC 3.1): float32 (3, V, V) stack of the self
     links, the column-normalised inward edges (the layout's edge list) and the column-normalised
     outward (reversed) edges. Unlike ST-GCN's ``A`` it is not stored in checkpoints."""
-    if layout not in LAYOUTS:
-        raise ValueError(f'unknown graph layout {layout!r}; valid: {sorted(LAYOUTS)}')
+    skeleton = get_layout(layout)
     if labeling_mode not in AGCN_LABELINGS:
         raise ValueError(f'unknown AGCN labeling_mode {labeling_mode!r}; valid: {list(AGCN_LABELINGS)}')
-    num_node, inward, _ = LAYOUTS[layout]
+    num_node, inward = skeleton.num_joints, skeleton.edges
     outward = [(j, i) for i, j in inward]
     parts = (np.eye(num_node), normalize_digraph(edge_matrix(inward, num_node)),
              normalize_digraph(edge_matrix(outward, num_node)))

@@ -8,6 +8,8 @@ import time
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from feeder.class_names import load_class_names
+from feeder.layouts import get_layout
 from feeder.streams import to_stream
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, build_config, check_kwargs, dump
@@ -72,6 +74,8 @@ BASE_OPTIONS = {
     'batch_size': Opt(256, int, 'global training batch size (split over ranks under torchrun)'),
     'test_batch_size': Opt(256, int, 'evaluation batch size'),
     'stream': Opt('joint', str, 'joint | motion | bone, applied to every view'),
+    'class_names': Opt(None, str, 'class names: ntu60 | ntu120 | pkummd | nw-ucla | demo | a file with one name '
+                                  'per line (default: classes.txt or meta.json beside the test labels)'),
     # -- model
     'model': Opt(None, str, 'method class (e.g. skeletonclr, net.aimclr.AimCLR)'),
     'model_args': Opt({}, dict, 'method and encoder constructor arguments'),
@@ -121,6 +125,7 @@ class Processor:
         self.cfg = cfg
         self.argv = list(argv)
         self.validate()
+        self.layout = self.configured_layout()
         self.device = dist.resolve_device(cfg['device'], cfg['use_gpu'], dist.local_rank())
         dist.init_distributed(self.device)
         self.rank, self.world_size = dist.rank(), dist.world_size()
@@ -218,6 +223,20 @@ class Processor:
             if cfg[key] < 0:
                 raise ConfigError(f'option {key!r} must be >= 0, got {cfg[key]}')
 
+    def configured_layout(self):
+        """The skeleton layout the config names (model_args.graph_args.layout or
+        *_feeder_args.layout; a built-in name or a layout file), or None: streams and
+        augmentations then infer the built-in layout from the joint count."""
+        cfg = self.cfg
+        graph_args = cfg['model_args'].get('graph_args')
+        named = {f'{split}_feeder_args.layout': cfg[f'{split}_feeder_args'].get('layout')
+                 for split in ('train', 'test')}
+        named['model_args.graph_args.layout'] = graph_args.get('layout') if isinstance(graph_args, dict) else None
+        given = {key: value for key, value in named.items() if value is not None}
+        if len({get_layout(value) for value in given.values()}) > 1:
+            raise ConfigError(f'the config names different skeleton layouts: {given}')
+        return next(iter(given.values()), None)
+
     def _write_config(self, argv):
         path = os.path.join(self.work_dir, 'config.yaml')
         header = 'command line: ' + ' '.join([os.path.basename(sys.argv[0])] + list(sys.argv[1:2]) + list(argv))
@@ -247,9 +266,14 @@ class Processor:
         return model_cls(**args)
 
     def load_weights(self, model):
+        """Initialise from `weights` (if set); returns the model keys the file lacked."""
         if self.cfg['weights']:
-            load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log,
+            return load_weights(model, self.cfg['weights'], self.cfg['ignore_weights'], log=self.log,
                          prefix=self.cfg['weights_prefix'], container=self.cfg['weights_container'])
+        return []
+
+    def class_names(self, num_class):
+        return load_class_names(self.cfg['class_names'], num_class, self.cfg['test_feeder_args'].get('label_path'))
 
     def count_parameters(self, model):
         return sum(p.numel() for p in model.parameters())
@@ -265,7 +289,15 @@ class Processor:
         except KeyError as err:
             raise ConfigError(f"option '{split}_feeder': {err.args[0]}") from None
         check_kwargs(args, f'{split}_feeder_args', feeder_cls)
-        return feeder_cls(**args)
+        dataset = feeder_cls(**args)
+        if self.layout is not None and hasattr(dataset, 'view_args'):
+            try:   # the data has the layout's joint count
+                get_layout(self.layout, dataset.shape[3])
+            except ConfigError as err:
+                raise ConfigError(f"{split}_feeder_args.data_path {args.get('data_path')}: clips of shape "
+                                  f"(C, T, V, M) = {tuple(dataset.shape[1:])} do not fit the skeleton: {err}") from None
+            dataset.view_args.setdefault('layout', self.layout)   # flips use the same joints
+        return dataset
 
     def build_loader(self, dataset, train, batch_size=None):
         """A loader over this rank's shard; the order depends only on (seed, epoch)."""
@@ -320,7 +352,7 @@ class Processor:
                               'run; pass --overwrite true to replace them or choose another work_dir')
 
     def to_stream(self, x):
-        return to_stream(x, self.cfg['stream'])
+        return to_stream(x, self.cfg['stream'], self.layout)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self, model):

@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 
 from feeder.views import eval_view, has_augmentation, make_views
 from processor.base import BASE_OPTIONS, OVERWRITE_OPTION, Processor
+from processor.confusion import write_report
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, coerce
 from torchlight.io import atomic_save, reference_state_dict, write_json, write_pickle
@@ -128,7 +129,7 @@ EVAL_OPTIONS = {
 # What an evaluation writes into work_dir; a re-run refuses to replace them without --overwrite.
 EVAL_OUTPUTS = {'train': ('results.json', 'best_model.pt', 'test_result.pkl', 'test_result_final.pkl',
                           'best_train_model.pt'),
-                'test': ('test_result.pkl',)}
+                'test': ('test_result.pkl', 'test_results.json')}
 
 
 def check_inputs_fit(proc, model, dataset, split, train=False):
@@ -254,7 +255,10 @@ class ClassifierProcessor(Processor):
             logits, accuracy, loss = self.evaluate()
             self.report(accuracy, loss, 'Test')
             self.save_scores(logits, 'test_result.pkl')
-            return {'test': accuracy}
+            summary = {'test': accuracy, **self.class_report(logits, 'confusion_test', 'Test')}
+            if self.is_main:
+                write_json(os.path.join(self.work_dir, 'test_results.json'), summary)
+            return summary
         cfg = self.cfg
         if cfg['recalibrate_bn']:
             recalibrate_bn(self, self.model, self.train_set)
@@ -317,13 +321,21 @@ class ClassifierProcessor(Processor):
                 self.save_model(f'epoch{epoch}_model.pt')
         train_writer.close()
         val_writer.close()
-        summary = {'final_epoch': final, 'best_epoch': best}
+        summary = {'final_epoch': final, 'best_epoch': best,
+                   **self.class_report(logits, 'confusion', f'Final epoch {final["epoch"]}')}
         fmt = lambda acc: ', '.join(f'top{k} {100 * v:.2f}%' for k, v in acc.items())
         self.log(f'RESULT final epoch {final["epoch"]}: {fmt(final["accuracy"])} | '
                  f'best epoch {best["epoch"]} (selected on the test split): {fmt(best["accuracy"])}')
         if self.is_main:
             write_json(os.path.join(self.work_dir, 'results.json'), summary)
         return summary
+
+    def class_report(self, logits, name, title):
+        """Confusion matrix PNG and per-class accuracy of the test logits (label order)."""
+        num_class = logits.shape[1]
+        rows, counts = write_report(self, self.test_set.labels(), logits.argmax(1).numpy(), num_class,
+                                    self.class_names(num_class), name, title)
+        return {'per_class': {'epoch': title, 'classes': rows}, 'confusion_matrix': counts.tolist()}
 
     def steps_per_epoch(self):
         if self.cached:

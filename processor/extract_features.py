@@ -1,10 +1,16 @@
-"""extract_features: pooled (N, D) float32 features of the query encoder for clips in a .npy file."""
+"""extract_features: pooled (N, D) float32 features of the query encoder for clips in a .npy file.
+
+Any evaluation config (linear, fine-tuning, k-NN) works as --config. Without `weights` the
+features are those of the untrained encoder (initialised from `seed`): the baseline that
+self-supervision has to beat."""
 import os
 
 import numpy as np
 import torch
 
-from processor.base import BASE_OPTIONS, OVERWRITE_OPTION, Processor
+from processor.base import OVERWRITE_OPTION, Processor
+from processor.evaluation import FINETUNE_OPTIONS
+from processor.knn_retrieval import KNN_OPTIONS
 from torchlight.config import ConfigError, Opt
 from torchlight.io import DataFileError, atomic_write, load_npy
 from torchlight.registry import TASKS
@@ -14,7 +20,7 @@ from torchlight.registry import TASKS
 class ExtractFeatures(Processor):
     description = 'write the pooled features of the (query) encoder for clips (N, C, T, V, M) in a .npy file'
     options = {
-        **BASE_OPTIONS,
+        **FINETUNE_OPTIONS, **KNN_OPTIONS,   # evaluation and k-NN configs are accepted as they are
         'input': Opt(None, str, 'clips as a .npy array (N, C, T, V, M)'),
         'output': Opt(None, str, 'where to write the (N, D) float32 features (.npy)'),
         'test_batch_size': Opt(256, int, 'batch size'),
@@ -24,7 +30,7 @@ class ExtractFeatures(Processor):
     @torch.no_grad()
     def start(self):
         cfg = self.cfg
-        for key in ('input', 'output', 'weights'):
+        for key in ('input', 'output'):
             if not cfg[key]:
                 raise ConfigError(f"extract_features needs --{key}")
         if os.path.exists(cfg['output']) and not cfg['overwrite']:
@@ -34,7 +40,10 @@ class ExtractFeatures(Processor):
             raise ConfigError(f'{cfg["input"]}: expected clips (N, C, T, V, M) with N >= 1, got shape {clips.shape}')
         model = self.build_model(pretrain=False,
                                  num_class=cfg['model_args'].get('num_class', 60)).to(self.device)
-        self.load_weights(model)
+        if cfg['weights']:
+            self.load_weights(model)
+        else:
+            self.log(f"No weights: features of the untrained encoder (random initialisation, seed {cfg['seed']})")
         self.check_fits(model.encoder_q, self.read_clips(clips, 0, 2), lambda x: [self.to_stream(x)],
                         f'input {cfg["input"]}')
         self.accept()

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from processor.base import BASE_OPTIONS, OVERWRITE_OPTION, Processor
+from processor.confusion import write_report
 from processor.evaluation import RECALIBRATE_BN_OPTION, check_inputs_fit, extract_features, recalibrate_bn
 from torchlight.config import ConfigError, Opt
 from torchlight.io import write_json
@@ -26,12 +27,16 @@ def knn_predict(train_feats, train_labels, test_feats, k, chunk=1024):
     return torch.cat(predictions)
 
 
+KNN_OPTIONS = {
+    'knn_k': Opt([1], (list, int), 'numbers of neighbours to evaluate (one accuracy each)'),
+}
+
+
 @TASKS.register('knn_retrieval')
 class KNNRetrieval(Processor):
     description = 'k-NN retrieval accuracy of the frozen encoder (cosine, L2-normalised features)'
     options = {
-        **BASE_OPTIONS,
-        'knn_k': Opt([1], (list, int), 'numbers of neighbours to evaluate (one accuracy each)'),
+        **BASE_OPTIONS, **KNN_OPTIONS,
         'test_batch_size': Opt(256, int, 'feature extraction batch size'),
         'recalibrate_bn': RECALIBRATE_BN_OPTION,
         'overwrite': OVERWRITE_OPTION,
@@ -52,12 +57,19 @@ class KNNRetrieval(Processor):
             recalibrate_bn(self, model, train_set)
         train_feats, train_labels = extract_features(self, model, train_set)
         test_feats, test_labels = extract_features(self, model, test_set)
-        result = {}
+        result, details = {}, {'per_class': {}, 'confusion_matrix': {}}
+        num_class = max(int(train_labels.max()), int(test_labels.max())) + 1
+        names = self.class_names(num_class)
         for k in cfg['knn_k']:
             pred = knn_predict(train_feats, train_labels, test_feats, k)
             result[k] = (pred == test_labels).float().mean().item()
             self.log(f'k-NN (k={k}) top-1: {100 * result[k]:.2f}% '
                      f'({len(test_set)} queries, {len(train_set)} references)')
+            rows, counts = write_report(self, test_labels.numpy(), pred.numpy(), num_class, names,
+                                        f'confusion_k{k}', f'k-NN (k={k})')
+            details['per_class'][f'k={k}'] = rows
+            details['confusion_matrix'][f'k={k}'] = counts.tolist()
         if self.is_main:
-            write_json(os.path.join(self.work_dir, 'knn_results.json'), {f'k={k}': v for k, v in result.items()})
+            write_json(os.path.join(self.work_dir, 'knn_results.json'),
+                       {**{f'k={k}': v for k, v in result.items()}, **details})
         return result

@@ -84,10 +84,20 @@ class PretrainProcessor(Processor):
         if cfg['amp'] == 'bf16' and self.device.type == 'cpu':
             self.log('warning: amp: bf16 on the CPU is much slower than fp32 on CPUs without bf16 '
                      'matrix units; it is meant for CUDA')
+        self.warn_stale_queue()
         self.log(f'[Network] Total number of parameters : {self.count_parameters(self.model) / 1e6:.3f} M')
         self.log(f'Training on {len(self.dataset)} clips {tuple(self.dataset.shape[1:])}, '
                  f'{len(self.loader)} iterations/epoch, views {self.view_kinds}, device {self.device}, '
                  f'{self.world_size} rank(s)')
+
+    def warn_stale_queue(self):
+        """A queue of negatives as long as the data set holds keys of the query's own clip (older
+        views of it), which the loss then pushes away: MoCo degrades on small data."""
+        size = getattr(self.model, 'K', None)
+        if isinstance(size, int) and size >= len(self.dataset):
+            self.log(f'warning: queue_size {size} >= {len(self.dataset)} training clips: the queue holds '
+                     f"stale keys of every query's own clip; use a queue well below the data set size "
+                     f'(e.g. model_args.queue_size {max(1, len(self.dataset) // 4)})')
 
     def check_views_fit(self):
         """The method's views of two training clips go through the query encoder once."""

@@ -42,11 +42,26 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
 
 def test_load_strips_module_ignores_prefixes_and_lists_missing(tmp_path):
     src, path = reference_file(tmp_path, queue=torch.zeros(3), queue_ptr=torch.zeros(1))
-    dst, lines = Tiny(classes=7), []
-    missing = load_weights(dst, path, ignore_weights=['encoder_q.fc', 'queue'], log=lines.append)
+    class Log(list):   # printed lines; debug lines (log.txt only) kept apart
+        def __init__(self):
+            super().__init__()
+            self.details = []
+
+        def __call__(self, text):
+            self.append(text)
+
+        def debug(self, text):
+            self.details.append(text)
+
+    dst, lines = Tiny(classes=7), Log()
+    missing = load_weights(dst, path, ignore_weights=['encoder_q.fc', 'queue'], log=lines)
     assert missing == ['encoder_q.fc.weight', 'encoder_q.fc.bias']
     assert torch.equal(dst.encoder_q.body.weight, src.encoder_q.body.weight)
-    assert any('Filter [queue] remove weights [queue_ptr]' in l for l in lines)   # prefix semantics
+    assert any('Filter [queue] remove weights [queue_ptr]' in l for l in lines.details)   # prefix semantics
+    # the screen gets one line per prefix with its count and one summary, no key lists
+    assert 'Ignored 2 tensors under [queue]' in lines and 'Ignored 2 tensors under [encoder_q.fc]' in lines
+    assert len(lines) == 3 and lines[-1].endswith('; 2 missing (encoder_q.fc, keep their initial values); 4 ignored')
+    assert not any('remove weights' in l or 'Can not find' in l for l in lines)
 
 
 def test_unexpected_keys_and_shape_mismatch_are_errors(tmp_path):

@@ -2,7 +2,8 @@
 
 Reads <data_path>/<split>_data.npy (N, 3, T, V, M) and <split>_label.pkl written by
 ntu_gendata.py (--body_selection file_order) or pku_gendata.py and writes
-<out_folder>/<split>_position.npy (N, 3, 50, V, M) float32 plus a copy of the label pickle.
+<out_folder>/<split>_position.npy (N, 3, 50, V, M) float32 plus a copy of the label pickle
+(and of classes.txt when the input folder has one).
 Per sample, as the reference `feeder/preprocess_ntu.py`:
   1. valid length L = number of frames whose body-0 joint-0 xyz is non-zero;
   2. centre: subtract joint 21 (index 20, spine-shoulder) per frame and body;
@@ -90,6 +91,9 @@ def preprocess_folder(data_path, out_folder, splits=('train', 'val'), frames=50,
                 lambda batch: preprocess_batch(batch, frames, precision=precision), lambda shape: (3, frames) + shape[3:],
                 policy, empty_samples, batch_size, f'{split} -> {frames} frames', quiet)
             counts[split] = len(kept)
+        names = os.path.join(data_path, 'classes.txt')
+        if os.path.isfile(names):   # class names travel with the data (predict, plots, confusion)
+            outputs.copy_file(names, os.path.join(out_folder, 'classes.txt'))
     du.summary('aimclr_preprocess', [' '.join(f'{k} {v}' for k, v in counts.items()),
                                      policy.summary_part()])
     return counts

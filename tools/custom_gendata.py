@@ -13,6 +13,13 @@ Outputs in <out_folder>:
   <split>_data.npy   float32 (N, C, length, V, M)
   <split>_label.pkl  (names, labels)
   meta.json          joint layout name, V, M, C, length, options, classes, counts per split
+                     (and the whole skeleton under `skeleton` when --layout is a layout file)
+  layout.yaml        a copy of the --layout file: point model_args.graph_args.layout at it
+  classes.txt        class names, one per line, when the labels CSV uses names
+--joint_order lists, for every output joint, the input joint it takes (0-based, comma
+separated), so data from another sensor's joint order fits the layout's order (e.g. the
+layout of docs/DATA.md's 20-joint example); it can also drop joints. --center_joint and the
+layout use the output order.
 """
 
 import csv
@@ -119,11 +126,41 @@ def find_sequence_file(data_path, name):
     raise du.DataFormatError(f'no {name}.npy or {name}.csv in {data_path}')
 
 
+def parse_joint_order(text, num_joints):
+    """'3,2,1,0,4,...' -> [3, 2, 1, 0, 4, ...] (indices of input joints), checked."""
+    try:
+        order = [int(v) for v in text.replace(' ', '').split(',') if v != '']
+    except ValueError:
+        raise du.DataFormatError(f'--joint_order {text!r}: expected comma-separated 0-based joint indices') from None
+    bad = [v for v in order if not 0 <= v < num_joints]
+    if not order or bad or len(set(order)) != len(order):
+        raise du.DataFormatError(f'--joint_order {text!r}: needs distinct indices in [0, {num_joints - 1}] '
+                                 f'(input joints: --num_joints {num_joints})')
+    return order
+
+
+def read_layout(layout, num_joints):
+    """(name, skeleton mapping or None) of --layout: a built-in or free name, or a layout file."""
+    from feeder.layouts import get_layout, is_layout_file
+    if not is_layout_file(layout):
+        return layout, None
+    try:
+        skeleton = get_layout(layout, num_joints)
+    except ValueError as err:
+        raise du.DataFormatError(f'--layout: {err}') from None
+    return skeleton.name, {'name': skeleton.name, 'joints': list(skeleton.joints),
+                           'edges': [list(e) for e in skeleton.edges], 'center': skeleton.center,
+                           'flip': [list(p) for p in skeleton.flip], 'bones': [list(b) for b in skeleton.bones]}
+
+
 def convert(data_path, labels_path, out_folder, num_joints, layout='custom', channels=3,
             num_persons=1, length=300, temporal='pad', long_sequences='crop_center',
             center_joint=None, default_split='train', one_based=False, on_error='raise',
-            quiet=False):
+            quiet=False, joint_order=None):
     policy = du.ErrorPolicy(on_error)
+    order = parse_joint_order(joint_order, num_joints) if joint_order else None
+    out_joints = len(order) if order else num_joints
+    layout_name, skeleton = read_layout(layout, out_joints)
     entries, classes = read_labels_csv(labels_path, default_split, one_based)
     listed = {name for name, _, _ in entries}
     unlisted = [f for f in du.sorted_files(data_path, '') if os.path.splitext(f)[1] in ('.npy', '.csv')
@@ -137,11 +174,13 @@ def convert(data_path, labels_path, out_folder, num_joints, layout='custom', cha
         for split, split_entries in by_split.items():
             writer = outputs.row_writer(os.path.join(out_folder, f'{split}_data.npy'),
                                         len(split_entries),
-                                        (channels, length, num_joints, num_persons))
+                                        (channels, length, out_joints, num_persons))
             for row, (name, _, _) in enumerate(du.progress(split_entries, split, quiet=quiet)):
                 try:
                     path = find_sequence_file(data_path, name)
                     sequence = read_sequence(path, num_joints, channels, num_persons)
+                    if order:
+                        sequence = sequence[:, :, order]
                     if temporal == 'pad':
                         du.crop_window(len(sequence), length, long_sequences)
                 except du.SAMPLE_ERRORS as error:
@@ -157,8 +196,14 @@ def convert(data_path, labels_path, out_folder, num_joints, layout='custom', cha
                                 [split_entries[i][0] for i in kept],
                                 [split_entries[i][1] for i in kept])
             counts[split] = len(kept)
+        if skeleton:
+            outputs.copy_file(layout, os.path.join(out_folder, 'layout.yaml'))
+        if classes:
+            with open(outputs.temporary_path(os.path.join(out_folder, 'classes.txt')), 'w') as f:
+                f.write(''.join(name + '\n' for name in classes))
         outputs.save_json(os.path.join(out_folder, 'meta.json'), {
-            'dataset': 'custom', 'layout': layout, 'num_joints': num_joints,
+            'dataset': 'custom', 'layout': layout_name, 'num_joints': out_joints,
+            'joint_order': order, 'skeleton': skeleton, 'layout_file': 'layout.yaml' if skeleton else None,
             'num_persons': num_persons, 'channels': channels, 'length': length,
             'temporal': temporal, 'center_joint': center_joint, 'classes': classes,
             'num_classes': len(classes) if classes else
@@ -181,7 +226,11 @@ def build_parser():
     parser.add_argument('--out_folder', required=True)
     parser.add_argument('--num_joints', type=int, required=True, help='V')
     parser.add_argument('--layout', default='custom',
-                        help='joint layout name written to meta.json (e.g. ntu-rgb+d, nw-ucla)')
+                        help='joint layout: a name written to meta.json (ntu-rgb+d, nw-ucla), or a layout '
+                             'YAML (docs/DATA.md), checked against the joints and copied to layout.yaml')
+    parser.add_argument('--joint_order', default=None,
+                        help='output joint v = input joint ORDER[v], comma-separated 0-based indices '
+                             '(reorders or selects joints to fit the layout)')
     parser.add_argument('--channels', type=int, default=3, help='C, values per joint (default 3)')
     parser.add_argument('--num_persons', type=int, default=1, help='M; fewer persons are zero-padded')
     parser.add_argument('--length', type=int, default=300, help='output frames')
@@ -203,7 +252,7 @@ def main(argv=None):
     return convert(args.data_path, args.labels, args.out_folder, args.num_joints, args.layout,
                    args.channels, args.num_persons, args.length, args.temporal,
                    args.long_sequences, args.center_joint, args.default_split, args.one_based,
-                   args.on_error, args.quiet)
+                   args.on_error, args.quiet, args.joint_order)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from feeder.class_names import load_class_names  # noqa: E402
 from tools import data_utils as du  # noqa: E402
 
 
@@ -23,20 +24,38 @@ def embed(features, seed=0, perplexity=30.0):
     return TSNE(n_components=2, perplexity=perplexity, init='pca', random_state=seed).fit_transform(x)
 
 
+MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')
+
+
+def class_style(index, num_classes):
+    """(colour, marker) of a class: tab10/tab20 up to 20 classes; beyond, 60 colours of
+    tab20 + tab20b + tab20c, and the marker changes every 60 classes (so 120 classes stay distinct)."""
+    import matplotlib.pyplot as plt
+    if num_classes <= 10:
+        return plt.get_cmap('tab10')(index), 'o'
+    if num_classes <= 20:
+        return plt.get_cmap('tab20')(index), 'o'
+    colours = [plt.get_cmap(name)(i) for name in ('tab20', 'tab20b', 'tab20c') for i in range(20)]
+    return colours[index % 60], MARKERS[(index // 60) % len(MARKERS)]
+
+
 def plot(points, labels, class_names, out, title):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap('tab20')
-    for c in sorted(set(labels)):
+    classes = sorted(set(labels.tolist()))
+    columns = 1 + len(classes) // 30
+    fig, ax = plt.subplots(figsize=(7 + 2.2 * columns, 6 + max(0, len(classes) - 30) * 0.04))
+    for c in classes:
         sel = labels == c
         name = class_names[c] if c < len(class_names) else str(c)
-        ax.scatter(points[sel, 0], points[sel, 1], s=8, color=cmap(c % 20), label=name)
+        colour, marker = class_style(c, max(classes) + 1)
+        ax.scatter(points[sel, 0], points[sel, 1], s=8, color=colour, marker=marker, label=f'{c} {name[:28]}')
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=7, markerscale=2, loc='center left', bbox_to_anchor=(1, 0.5))
+    ax.legend(fontsize=7 if len(classes) <= 30 else 5, markerscale=2, loc='center left',
+              bbox_to_anchor=(1, 0.5), ncol=columns)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -47,7 +66,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--features', required=True, help='(N, D) .npy written by extract_features')
     parser.add_argument('--label', required=True, help='(names, labels) pickle of the same clips')
-    parser.add_argument('--classes', help='optional file with one class name per line')
+    parser.add_argument('--classes', help='class names: a file (one per line) or a built-in list (ntu60, '
+                                          'ntu120, pkummd, nw-ucla, demo); default: classes.txt beside --label')
     parser.add_argument('--out', required=True, help='PNG to write')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--title', default='t-SNE of encoder features')
@@ -57,8 +77,8 @@ def main(argv=None):
     if features.ndim != 2 or len(features) != len(labels):
         raise du.DataFormatError(f'{args.features} holds {features.shape}, expected ({len(labels)}, D) '
                                  f'to match {args.label}')
-    names = open(args.classes).read().split('\n') if args.classes else []
-    plot(embed(features, args.seed), np.asarray(labels), [n for n in names if n], args.out, args.title)
+    names = load_class_names(args.classes, None, args.label)
+    plot(embed(features, args.seed), np.asarray(labels), names, args.out, args.title)
     print(f'wrote {args.out}')
 
 

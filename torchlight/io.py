@@ -46,6 +46,11 @@ class Logger:
         if self._file:
             self._file.write(line + '\n')
 
+    def debug(self, text):
+        """Detail that goes to log.txt only (e.g. every ignored checkpoint key), never to the screen."""
+        if self.enabled and self._file:
+            self._file.write(f'[{time.strftime("%m.%d.%y|%H:%M:%S")}] {text}\n')
+
     def close(self):
         if self._file:
             self._file.close()
@@ -168,20 +173,27 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
     `ignore_weights` prefix is dropped; 4. keys the model has but the file lacks are listed
     and keep their current values; 5. keys the file has but the model lacks, and shape
     mismatches, are errors. `rename` optionally maps {old prefix: new prefix} first.
-    Returns the list of missing keys.
+    Printed: one line per ignored prefix with its count, one summary line (loaded / missing /
+    ignored); every ignored or missing key goes to `log.debug` (log.txt only) when the logger
+    has it. Returns the list of missing keys.
     """
+    detail = getattr(log, 'debug', None) or (lambda text: None)
     state = state_dict_of(pick_container(read_checkpoint(path), container, path), path)
     weights = OrderedDict((strip_module(k), v) for k, v in state.items())
     if prefix is not None:
         weights = select_prefix(weights, prefix, path=path)
     for old, new in (rename or {}).items():
         weights = OrderedDict((new + k[len(old):] if k.startswith(old) else k, v) for k, v in weights.items())
+    ignored = 0
     if hasattr(model, 'adapt_weights'):   # a method that reads its original's file layout (MAMP)
         weights = model.adapt_weights(weights, path=path, log=log)
     for dropped in ignore_weights:
-        for key in [k for k in weights if k.startswith(dropped)]:
-            log(f'Filter [{dropped}] remove weights [{key}].')
+        keys = [k for k in weights if k.startswith(dropped)]
+        for key in keys:
+            detail(f'Filter [{dropped}] remove weights [{key}].')
             del weights[key]
+        log(f'Ignored {len(keys)} tensors under [{dropped}]')
+        ignored += len(keys)
     for name, module in model.named_modules():   # encoders that recognise a mismatched checkpoint
         if hasattr(module, 'check_weights'):
             module.check_weights(weights, prefix=f'{name}.' if name else '', path=path)
@@ -192,14 +204,20 @@ def load_weights(model, path, ignore_weights=(), log=print, rename=None, prefix=
         raise WeightsError(f'cannot load {path}: {problems}')
     missing = [k for k in own if k not in weights]
     for key in missing:
-        log(f'Can not find weights [{key}].')
+        detail(f'Can not find weights [{key}].')
     merged = OrderedDict(own)
     merged.update({k: v.to(own[k].dtype) for k, v in weights.items()})
     model.load_state_dict(merged, strict=True)
-    log(f'Loaded {len(weights)} tensors from {path}' + (f'; {len(missing)} missing' if missing else ''))
+    log(f'Loaded {len(weights)} tensors from {path}' + (f'; {len(missing)} missing' if missing else '')
+        + (f' ({missing_summary(missing)}, keep their initial values)' if missing else '')
+        + (f'; {ignored} ignored' if ignored else ''))
     return missing
 
 
+def missing_summary(keys, shown=3):
+    """'encoder_q.fc.weight, encoder_q.fc.bias' or the first few prefixes and a count."""
+    heads = list(OrderedDict.fromkeys(k.rsplit('.', 1)[0] for k in keys))
+    return ', '.join(heads[:shown]) + (f' and {len(heads) - shown} more modules' if len(heads) > shown else '')
 def state_mismatch(weights, own, missing=True, unexpected_hint='', limit=20):
     """One line describing how the tensors `weights` differ from the state dict `own` (shape
     mismatches, unexpected keys and, with `missing`, the keys `weights` lacks; at most `limit`
