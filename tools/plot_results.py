@@ -40,6 +40,7 @@ def plot(rows, out, title):
         ax.errorbar(x, mean, yerr=[[mean - min(acc)], [max(acc) - mean]] if len(acc) > 1 else None,
                     marker=MARKERS.get(stream, 'o'), color=colour, capsize=3, linestyle='none',
                     label=f'{method}, {stream}' + (f' ({len(acc)} seeds)' if len(acc) > 1 else ''))
+    ax.set_xlim(left=0)
     ax.set_xlabel('pretraining time (minutes, this machine)')
     ax.set_ylabel('linear top-1, final epoch (%)')
     ax.set_title(title)

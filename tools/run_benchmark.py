@@ -353,7 +353,7 @@ def run(args):
                              for e in sorted(set(args.eval_epochs)) if e < final.epochs]
                 if args.baselines != 'no' and not args.tag and row.get('untrained_baseline', True):
                     jobs.append(Job(suite, row, stream, seed, args.split, '', [], 'untrained'))
-    if args.baselines != 'no' and not args.tag and 'raw_baseline' in suite and not args.rows:
+    if args.baselines != 'no' and not args.tag and 'raw_baseline' in suite:
         jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, '', [], 'raw'))
     # one untrained row per architecture and stream: rows sharing an evaluate file share it
     seen, unique = set(), []
