@@ -100,7 +100,7 @@ class Job:
         self.redo = ['--overwrite', 'true']
 
     # ----------------------------------------------------------------- commands
-    @property
+    @functools.cached_property
     def epochs(self):
         if self.kind != 'ssl':
             return 0
@@ -188,6 +188,7 @@ class Job:
 
 
 # --------------------------------------------------------------------------- environment
+@functools.lru_cache(maxsize=None)
 def device_name():
     try:
         import torch
@@ -205,6 +206,7 @@ def device_name():
     return f'cpu ({os.cpu_count()} cores, {model})'
 
 
+@functools.lru_cache(maxsize=None)
 def commit():
     try:
         sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
