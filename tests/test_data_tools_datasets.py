@@ -148,6 +148,7 @@ def test_nw_ucla_cross_view_centring_and_resize(tmp_path):
                                atol=1e-6)  # one frame resized to 50 copies of it
     meta = json.loads((tmp_path / 'out' / 'meta.json').read_text())
     assert meta['layout'] == 'nw-ucla' and meta['length'] == 50
+    assert meta['classes'][:2] == ['pick up with one hand', 'pick up with two hands'] and len(meta['classes']) == 10
 
 
 def test_nw_ucla_pad_without_centring(tmp_path):

@@ -162,3 +162,23 @@ def test_plot_results_draws_rows_and_refuses_bad_files(tmp_path, capsys):
     assert plot_results.main(['--results', str(results), '--out', str(tmp_path / 'x.png')]) == 2
     assert 'expected a list of result rows' in capsys.readouterr().err
     assert not (tmp_path / 'x.png').exists()
+
+
+def test_table_gain_over_untrained_pairs_architecture_stream_and_seed():
+    row = lambda method, kind, seed, lin, knn, stream='joint': {
+        'method': method, 'kind': kind, 'stream': stream, 'seed': seed, 'epochs': 10 if kind == 'ssl' else 0,
+        'linear_top1_final': lin, 'linear_top1_best': lin, 'knn_top1': knn, 'pretrain_seconds': 60 if kind == 'ssl' else 0}
+    rows = [row('clr', 'ssl', 0, 60.0, 50.0), row('clr', 'ssl', 1, 70.0, 40.0),
+            row('untrained ST-GCN', 'untrained', 0, 45.0, 47.5),
+            row('untrained ST-GCN', 'untrained', 0, 10.0, 10.0, stream='bone'),   # other stream: not a twin
+            row('clr', 'ssl', 0, 55.0, 55.0, stream='bone'),
+            row('other', 'ssl', 0, 30.0, 30.0)]                                   # no baseline of its own
+    table = run_benchmark.markdown(rows, [], 't', {'clr': 'ST-GCN', 'other': 'GRU'})
+    lines = {(line.split(' | ')[0], line.split(' | ')[1]): line for line in table.splitlines() if line.startswith('| ')}
+    assert '| +15.0 / +2.5 (seed 0) |' in lines[('| clr', 'joint')]    # only seed 0 has a twin
+    assert '| +45.0 / +45.0 |' in lines[('| clr', 'bone')]
+    assert lines[('| other', 'joint')].split(' | ')[6] == '-'
+    assert lines[('| untrained ST-GCN', 'joint')].split(' | ')[6] == '-'
+    # the gain of a tagged variant is against the same untrained encoder
+    tagged = dict(rows[0], method='clr [rot60]')
+    assert run_benchmark.gain_over_untrained(tagged, rows, {'clr': 'ST-GCN'}) == (15.0, 2.5)

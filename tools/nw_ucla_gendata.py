@@ -23,6 +23,7 @@ if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools import data_utils as du  # noqa: E402
+from feeder.class_names import load_class_names  # noqa: E402
 
 NUM_JOINTS = 20
 NUM_CLASSES = 10
@@ -98,6 +99,7 @@ def convert(data_path, out_folder, length=50, temporal='resize', center=True, ce
                              'per_class': du.class_counts(labels, NUM_CLASSES).tolist()}
         outputs.save_json(os.path.join(out_folder, 'meta.json'), {
             'dataset': 'nw-ucla', 'layout': 'nw-ucla', 'num_joints': NUM_JOINTS,
+            'classes': load_class_names('nw-ucla', NUM_CLASSES),   # read by evaluation, predict and plots
             'num_persons': 1, 'length': length, 'temporal': temporal,
             'center_joint': center_joint if center else None,
             'train_views': list(train_views), 'val_views': list(val_views), 'counts': counts})

@@ -242,27 +242,48 @@ def mean_range(values):
     return f'{mean:.1f} ({min(values):.1f}-{max(values):.1f})'
 
 
-def markdown(rows, ensembles, title):
+def gain_over_untrained(row, rows, architectures):
+    """'+a / +b': linear (final) and k-NN top-1 of an SSL row minus those of its own untrained
+    encoder (same architecture, stream and seed), or '-' when that baseline was not run."""
+    base = architectures.get(row['method'].split(' [')[0])
+    twin = [u for u in rows if u.get('kind') == 'untrained' and u['method'] == f'untrained {base}'
+            and u['stream'] == row['stream'] and u['seed'] == row['seed']]
+    if row.get('kind') != 'ssl' or not twin:
+        return None
+    return (row['linear_top1_final'] - twin[0]['linear_top1_final'], row['knn_top1'] - twin[0]['knn_top1'])
+
+
+def markdown(rows, ensembles, title, architectures=None):
+    """The results table; `architectures` (suite method -> architecture) adds the gain of every
+    SSL row over its untrained encoder."""
     groups = {}
     for r in rows:
         groups.setdefault((r['method'], r['stream'], r['epochs']), []).append(r)
     lines = [f'## {title}', '',
              '| method | stream | seeds | linear top-1, final | linear top-1, best* | k-NN top-1 (k=1) | '
-             'pretrain epochs | pretrain time |',
-             '|---|---|---|---|---|---|---|---|']
+             'gain over untrained (linear / k-NN) | pretrain epochs | pretrain time |',
+             '|---|---|---|---|---|---|---|---|---|']
     for (method, stream, _), rs in groups.items():
         secs = [r['pretrain_seconds'] for r in rs if r['pretrain_seconds']]
         time_text = f'{sum(secs) / len(secs) / 60:.0f} min' if secs else '-'
+        paired = [(r['seed'], g) for r in rs for g in [gain_over_untrained(r, rows, architectures or {})] if g]
+        gains = [g for _, g in paired]
+        gain_text = (f'{sum(g[0] for g in gains) / len(gains):+.1f} / {sum(g[1] for g in gains) / len(gains):+.1f}'
+                     if gains else '-')
+        if gains and len(gains) < len(rs):   # the baseline exists for some seeds only
+            gain_text += f' (seed {",".join(str(seed) for seed, _ in paired)})'
         lines.append(f'| {method} | {stream} | {",".join(str(r["seed"]) for r in rs)} | '
                      f'{mean_range([r["linear_top1_final"] for r in rs])} | '
                      f'{mean_range([r["linear_top1_best"] for r in rs])} | '
-                     f'{mean_range([r["knn_top1"] for r in rs])} | {rs[0]["epochs"] or "-"} | {time_text} |')
+                     f'{mean_range([r["knn_top1"] for r in rs])} | {gain_text} | {rs[0]["epochs"] or "-"} | '
+                     f'{time_text} |')
     for e in ensembles:
         lines.append(f'| {e["method"]} | ensemble ({"+".join(e["streams"])}) | {e["seed"]} | '
-                     f'{e["linear_top1_final"]:.1f} | - | - | - | - |')
+                     f'{e["linear_top1_final"]:.1f} | - | - | - | - | - |')
     lines += ['', 'Mean over the listed seeds with the range in brackets. * best epoch of the linear '
               'probe, selected on the evaluated split (the reference protocol); the final epoch is the honest '
-              'number.', '']
+              'number. Gain: points over the same architecture untrained (batch-norm statistics '
+              're-estimated), same seeds and probe.', '']
     return '\n'.join(lines)
 
 
@@ -415,7 +436,8 @@ def run(args):
     table = markdown([r for r in all_rows if r.get('kind') != 'ensemble'],
                      [r for r in all_rows if r.get('kind') == 'ensemble'],
                      f'{suite["name"]}, split {args.split} '
-                     f'({datetime.date.today().isoformat()}, {device_name()})')
+                     f'({datetime.date.today().isoformat()}, {device_name()})',
+                     {row['method']: row.get('architecture', row['method']) for row in suite['rows']})
     write_atomic(os.path.splitext(out_json)[0] + '.md', table)
     print(table)
     return 0
