@@ -38,6 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tools.ensemble import ensemble   # noqa: E402
+from torchlight import files   # noqa: E402
 
 ENSEMBLE_STREAMS = ('joint', 'motion', 'bone')
 
@@ -243,8 +244,8 @@ def mean_range(values):
 
 
 def gain_over_untrained(row, rows, architectures):
-    """'+a / +b': linear (final) and k-NN top-1 of an SSL row minus those of its own untrained
-    encoder (same architecture, stream and seed), or '-' when that baseline was not run."""
+    """(linear final, k-NN) top-1 of an SSL row minus those of its own untrained encoder (same
+    architecture, stream and seed); None for other rows or when that baseline was not run."""
     base = architectures.get(row['method'].split(' [')[0])
     twin = [u for u in rows if u.get('kind') == 'untrained' and u['method'] == f'untrained {base}'
             and u['stream'] == row['stream'] and u['seed'] == row['seed']]
@@ -285,14 +286,6 @@ def markdown(rows, ensembles, title, architectures=None):
               'number. Gain: points over the same architecture untrained (batch-norm statistics '
               're-estimated), same seeds and probe.', '']
     return '\n'.join(lines)
-
-
-def write_atomic(path, text):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def row_key(row):
@@ -432,13 +425,13 @@ def run(args):
                               'commit': commit()})
     out_json = args.out or suite['results'][args.split]
     all_rows = merge_rows(out_json, results + ensembles)
-    write_atomic(out_json, json.dumps(all_rows, indent=1) + '\n')
+    files.write_json(out_json, all_rows)
     table = markdown([r for r in all_rows if r.get('kind') != 'ensemble'],
                      [r for r in all_rows if r.get('kind') == 'ensemble'],
                      f'{suite["name"]}, split {args.split} '
                      f'({datetime.date.today().isoformat()}, {device_name()})',
                      {row['method']: row.get('architecture', row['method']) for row in suite['rows']})
-    write_atomic(os.path.splitext(out_json)[0] + '.md', table)
+    files.atomic_write(os.path.splitext(out_json)[0] + '.md', lambda f: f.write(table), binary=False)
     print(table)
     return 0
 
