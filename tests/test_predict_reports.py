@@ -172,3 +172,27 @@ def test_demo_table_compares_ssl_untrained_and_raw_coordinates(tiny_data, tmp_pa
     expected = (y_train[(b @ a.T).argmax(1)] == y_test).mean()
     assert summary['rows']['raw coordinates']['knn_top1'] == pytest.approx(expected)
     assert 'self-supervision gain over the untrained twin: k-NN +25.00 points' in capsys.readouterr().out
+
+
+def test_demo_table_reports_ranges_over_seed_runs(tiny_data, tmp_path, capsys):
+    from tools import demo_table
+    runs = []
+    for seed, (ssl_lin, ssl_knn, un_lin, un_knn) in enumerate(((0.5, 0.75, 0.25, 0.5), (0.7, 0.6, 0.4, 0.55))):
+        work = tmp_path / f'seed{seed}'
+        for name, linear, knn in (('', ssl_lin, ssl_knn), ('untrained_', un_lin, un_knn)):
+            (work / f'{name}linear').mkdir(parents=True)
+            (work / f'{name}knn').mkdir()
+            (work / f'{name}linear' / 'results.json').write_text(json.dumps(
+                {'final_epoch': {'accuracy': {'1': linear}}, 'best_epoch': {'top1': linear}}))
+            (work / f'{name}knn' / 'knn_results.json').write_text(json.dumps({'k=1': knn}))
+        runs.append(str(work))
+    out = tmp_path / 'ranges.json'
+    assert demo_table.main(['--work_dir', *runs, '--train', tiny_data['train'][0],
+                            '--test', tiny_data['val'][0], '--out', str(out)]) == 0
+    ranges = json.load(open(out))['min_max']
+    assert ranges['gain_knn_top1'] == pytest.approx([0.05, 0.25])
+    assert ranges['gain_linear_top1_final'] == pytest.approx([0.25, 0.30])
+    assert ranges['ssl_linear_top1_final'] == pytest.approx([0.5, 0.7])
+    assert ranges['untrained_knn_top1'] == pytest.approx([0.5, 0.55])
+    assert all(os.path.isfile(os.path.join(r, 'demo_summary.json')) for r in runs)
+    assert 'over 2 runs (min-max)' in capsys.readouterr().out

@@ -3,10 +3,13 @@ the raw coordinates, on the same test clips.
 
     python tools/demo_table.py --work_dir work_dir/demo/skeletonclr \
         --train data/demo_frame50/train_position.npy --test data/demo_frame50/val_position.npy
+    python tools/demo_table.py --work_dir W0 W1 W2 --out work_dir/demo/seeds_summary.json
 
 Reads `<work_dir>/{linear,knn,untrained_linear,untrained_knn}/` (results.json, knn_results.json),
 computes the raw-coordinate 1-NN with the k-NN task's rule (cosine similarity of the
 flattened, preprocessed clips), prints the table and writes `<work_dir>/demo_summary.json`.
+With several work_dirs (one per seed) it also prints each figure as a range over them (min-max)
+and writes that to `--out`.
 """
 import argparse
 import json
@@ -19,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from feeder.array_feeder import read_labels  # noqa: E402
 from processor.knn_retrieval import knn_predict  # noqa: E402
+from torchlight import files  # noqa: E402
 
 
 def raw_knn_top1(train_path, test_path, k=1):
@@ -41,17 +45,15 @@ def read_row(work_dir, linear, knn):
             'knn_top1': neighbours['k=1']}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--work_dir', default='work_dir/demo/skeletonclr')
-    parser.add_argument('--train', default='data/demo_frame50/train_position.npy')
-    parser.add_argument('--test', default='data/demo_frame50/val_position.npy')
-    args = parser.parse_args(argv)
-    rows = {'self-supervised encoder': read_row(args.work_dir, 'linear', 'knn'),
-            'untrained encoder (same seed)': read_row(args.work_dir, 'untrained_linear', 'untrained_knn'),
-            'raw coordinates': {'linear_top1_final': None, 'linear_top1_best': None,
-                                'knn_top1': raw_knn_top1(args.train, args.test)}}
-    fmt = lambda v: '      -' if v is None else f'{100 * v:6.2f}%'
+def fmt(value):
+    return '      -' if value is None else f'{100 * value:6.2f}%'
+
+
+def one_run(work_dir, raw_top1):
+    """Print one run's table and write its demo_summary.json; returns the summary."""
+    rows = {'self-supervised encoder': read_row(work_dir, 'linear', 'knn'),
+            'untrained encoder (same seed)': read_row(work_dir, 'untrained_linear', 'untrained_knn'),
+            'raw coordinates': {'linear_top1_final': None, 'linear_top1_best': None, 'knn_top1': raw_top1}}
     print(f"\n{'':32s} {'k-NN top-1':>10s} {'linear final':>13s} {'linear best*':>13s}")
     for name, row in rows.items():
         print(f"{name:32s} {fmt(row['knn_top1']):>10s} {fmt(row['linear_top1_final']):>13s} "
@@ -61,8 +63,45 @@ def main(argv=None):
     gain = {key: ssl[key] - untrained[key] for key in ('knn_top1', 'linear_top1_final')}
     print(f"self-supervision gain over the untrained twin: k-NN {100 * gain['knn_top1']:+.2f} points, "
           f"linear {100 * gain['linear_top1_final']:+.2f} points\n")
-    with open(os.path.join(args.work_dir, 'demo_summary.json'), 'w') as f:
-        json.dump({'rows': rows, 'gain': gain}, f, indent=1)
+    summary = {'rows': rows, 'gain': gain}
+    files.write_json(os.path.join(work_dir, 'demo_summary.json'), summary)
+    return summary
+
+
+def seed_ranges(summaries):
+    """{figure: [min, max]} over runs, for the SSL and untrained rows and the gains."""
+    figures = {}
+    for row, short in (('self-supervised encoder', 'ssl'), ('untrained encoder (same seed)', 'untrained')):
+        for key in ('knn_top1', 'linear_top1_final'):
+            figures[f'{short}_{key}'] = [s['rows'][row][key] for s in summaries]
+    for key in ('knn_top1', 'linear_top1_final'):
+        figures[f'gain_{key}'] = [s['gain'][key] for s in summaries]
+    return {name: [min(values), max(values)] for name, values in figures.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--work_dir', nargs='+', default=['work_dir/demo/skeletonclr'],
+                        help='one run folder, or one per seed')
+    parser.add_argument('--train', default='data/demo_frame50/train_position.npy')
+    parser.add_argument('--test', default='data/demo_frame50/val_position.npy')
+    parser.add_argument('--out', help='with several work_dirs: where to write the ranges (JSON)')
+    args = parser.parse_args(argv)
+    raw_top1 = raw_knn_top1(args.train, args.test)
+    summaries = []
+    for work_dir in args.work_dir:
+        if len(args.work_dir) > 1:
+            print(f'\n{work_dir}')
+        summaries.append(one_run(work_dir, raw_top1))
+    if len(summaries) > 1:
+        ranges = seed_ranges(summaries)
+        print(f'over {len(summaries)} runs (min-max):')
+        for name, (low, high) in ranges.items():
+            print(f'  {name:30s} {100 * low:+7.2f} .. {100 * high:+7.2f}' if name.startswith('gain')
+                  else f'  {name:30s} {100 * low:6.2f}% .. {100 * high:6.2f}%')
+        if args.out:
+            files.write_json(args.out, {'work_dirs': args.work_dir, 'min_max': ranges,
+                                        'runs': summaries})
     return 0
 
 
