@@ -130,6 +130,30 @@ def test_runner_bad_suite_exit_2(tmp_path, capsys):
     assert "missing key 'splits'" in capsys.readouterr().err
 
 
+def test_row_with_weights_from_evaluates_the_source_rows_checkpoint(tmp_path, capsys):
+    """A row with weights_from (e.g. the AGCN branch of ISC's inter-skeleton pair) has no
+    pretraining of its own: it evaluates the source row's final checkpoint, and asks for the
+    source's pretraining (skipped when done) so that it can run alone."""
+    path, suite = write_suite(tmp_path)
+    suite['rows'].append({'method': 'branch', 'weights_from': 'skeletonclr', 'evaluate': suite['rows'][0]['evaluate'],
+                          'streams': ['joint'], 'untrained_baseline': False})
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    assert run_benchmark.main(['--suite', path, '--rows', 'branch', '--baselines', 'no', '--dry-run']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    source = os.path.join(suite['work_root'], 'skeletonclr', 'joint', 'seed0', 'pretrain')
+    assert len(lines) == 3 and 'pretrain_skeletonclr' in lines[0] and f'--work_dir {source} ' in lines[0]
+    for line, stage in zip(lines[1:], ('linear', 'knn')):
+        assert f'--weights {source}/epoch2_model.pt' in line
+        assert f"--work_dir {os.path.join(suite['work_root'], 'branch', 'joint', 'seed0', stage)} " in line
+    # a weights_from naming no pretrained row is refused
+    suite['rows'][1]['weights_from'] = 'nosuch'
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    assert run_benchmark.main(['--suite', path, '--dry-run']) == 2
+    assert "weights_from must name a row with its own pretrain" in capsys.readouterr().err
+
+
 def test_shipped_suites_name_existing_configs():
     """Every shipped suite parses and every file it names exists (tests/test_shipped_configs.py builds them)."""
     suites = [os.path.join(run_benchmark.ROOT, 'config', d, 'benchmark.yaml')

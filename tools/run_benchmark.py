@@ -71,6 +71,12 @@ def load_suite(path):
                 raise SuiteError(f'{path}: rows[{i}] needs {key!r}')
         if 'pretrain' in row and not (isinstance(row['pretrain'], list) and len(row['pretrain']) == 2):
             raise SuiteError(f'{path}: rows[{i}].pretrain must be [task, config file]')
+    methods = {row['method']: row for row in suite['rows']}
+    for i, row in enumerate(suite['rows']):
+        source = row.get('weights_from')
+        if source is not None and ('pretrain' in row or 'pretrain' not in methods.get(source, {})):
+            raise SuiteError(f'{path}: rows[{i}].weights_from must name a row with its own pretrain '
+                             f'(and the row none): got {source!r}')
     return suite
 
 
@@ -87,6 +93,12 @@ class Job:
         self.suite, self.row, self.stream, self.seed = suite, row, stream, seed
         self.at_epoch = at_epoch   # evaluate this intermediate checkpoint (None: the final one)
         self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
+        # a row with weights_from evaluates (another part of) that row's pretrained checkpoint
+        self.source = None
+        if kind == 'ssl' and row.get('weights_from'):
+            source_row = next(r for r in suite['rows'] if r['method'] == row['weights_from'])
+            self.source = Job(suite, source_row, stream, seed, split, tag, overrides, kind, at_epoch)
+        self.pretrain_row = self.source.row if self.source else row
         folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords'}[kind]
         root = suite['work_root'] + ('' if split == 'test' else f'_{split}')
         self.work_dir = os.path.join(root, folder + (f'_{tag}' if tag else ''), stream, f'seed{seed}')
@@ -105,14 +117,14 @@ class Job:
     def epochs(self):
         if self.kind != 'ssl':
             return 0
-        cfg = read_config(self.row['pretrain'][1])
+        cfg = read_config(self.pretrain_row['pretrain'][1])
         for key, value in zip(self.overrides[::2], self.overrides[1::2]):
             if key == '--num_epoch':
                 return int(value)
         return int(cfg.get('num_epoch', 300))
 
     def pretrain_dir(self):
-        return os.path.join(self.work_dir, 'pretrain')
+        return self.source.pretrain_dir() if self.source else os.path.join(self.work_dir, 'pretrain')
 
     def final_checkpoint(self):
         return os.path.join(self.pretrain_dir(), f'epoch{self.epochs}_model.pt')
@@ -129,7 +141,7 @@ class Job:
         if self.at_epoch:   # the pretraining stage belongs to the final-epoch job
             weights = ['--weights', os.path.join(self.pretrain_dir(), f'epoch{self.at_epoch}_model.pt')]
         elif self.kind == 'ssl':
-            task, config = self.row['pretrain']
+            task, config = self.pretrain_row['pretrain']
             # Pretraining reads the unlabelled training clips only (no label_path).
             out.append(('pretrain', self.final_checkpoint(),
                         main + [task, '--config', config, '--work_dir', self.pretrain_dir(), '--resume', 'auto',
@@ -172,7 +184,7 @@ class Job:
         name = self.row['method'] if self.kind == 'ssl' else (
             f'untrained {self.row.get("architecture", self.row["method"])}' if self.kind == 'untrained'
             else 'raw coordinates')
-        config = self.row['pretrain'][1] if self.kind == 'ssl' else (
+        config = self.pretrain_row['pretrain'][1] if self.kind == 'ssl' else (
             self.row['evaluate'] if self.kind == 'untrained' else self.suite['raw_baseline']['evaluate'])
         return {
             'method': name + (f' [{self.tag}]' if self.tag else ''),
