@@ -1,6 +1,6 @@
 """predict: classify new clips with a linear-evaluated or fine-tuned model.
 
-    python main.py predict --config config/demo/linear_eval_skeletonclr.yaml \
+    python main.py predict --config config/demo/linear_eval_skeletonclr_motion.yaml \
         --weights work_dir/demo/skeletonclr/linear/best_model.pt --input clips.npy
 
 The clips go through what evaluation applies to the test split (centre crop for ISC/HiCo data,

@@ -17,14 +17,14 @@ fi
 if [ ! -f data/demo_frame50/val_position.npy ]; then
   python tools/aimclr_preprocess.py --data_path data/demo --out_folder data/demo_frame50 --splits train val --quiet
 fi
-LINEAR=config/demo/linear_eval_skeletonclr.yaml
-KNN=config/demo/knn_skeletonclr.yaml
+LINEAR=config/demo/linear_eval_skeletonclr_motion.yaml
+KNN=config/demo/knn_skeletonclr_motion.yaml
 RUNS=()
 for S in ${DEMO_SEEDS:-0}; do
   W=work_dir/demo/skeletonclr
   if [ "$S" != 0 ]; then W=work_dir/demo/skeletonclr_seed$S; fi
   RUNS+=("$W")
-  python main.py pretrain_skeletonclr --config config/demo/pretrain_skeletonclr.yaml --work_dir $W/pretrain \
+  python main.py pretrain_skeletonclr --config config/demo/pretrain_skeletonclr_motion.yaml --work_dir $W/pretrain \
     --seed "$S" --resume auto "$@"
   CKPT=$(ls $W/pretrain/epoch*_model.pt | sort -V | tail -n 1)   # the last epoch's checkpoint
   # a re-run of the demo replaces the evaluation results of the previous one
