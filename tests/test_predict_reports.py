@@ -151,15 +151,20 @@ def test_queue_warning_fires_only_when_queue_reaches_the_data_size(tiny_data, tm
         assert (f'warning: queue_size {queue} >= 24 training clips' in log) == expected
 
 
-def test_demo_table_compares_ssl_untrained_and_raw_coordinates(tiny_data, tmp_path, capsys):
-    from tools import demo_table
-    work = tmp_path / 'demo'
-    for name, linear, knn in (('', 0.5, 0.75), ('untrained_', 0.25, 0.5)):
+def write_demo_run(work, ssl, untrained, best_offset=0.0):
+    """The evaluation outputs demo_table reads, for (linear final, k-NN) top-1 of both encoders."""
+    for name, (linear, knn) in (('', ssl), ('untrained_', untrained)):
         (work / f'{name}linear').mkdir(parents=True)
         (work / f'{name}knn').mkdir()
         (work / f'{name}linear' / 'results.json').write_text(json.dumps(
-            {'final_epoch': {'accuracy': {'1': linear}}, 'best_epoch': {'top1': linear + 0.1}}))
+            {'final_epoch': {'accuracy': {'1': linear}}, 'best_epoch': {'top1': linear + best_offset}}))
         (work / f'{name}knn' / 'knn_results.json').write_text(json.dumps({'k=1': knn}))
+    return work
+
+
+def test_demo_table_compares_ssl_untrained_and_raw_coordinates(tiny_data, tmp_path, capsys):
+    from tools import demo_table
+    work = write_demo_run(tmp_path / 'demo', ssl=(0.5, 0.75), untrained=(0.25, 0.5), best_offset=0.1)
     assert demo_table.main(['--work_dir', str(work), '--train', tiny_data['train'][0],
                             '--test', tiny_data['val'][0]]) == 0
     summary = json.load(open(work / 'demo_summary.json'))
@@ -178,14 +183,7 @@ def test_demo_table_reports_ranges_over_seed_runs(tiny_data, tmp_path, capsys):
     from tools import demo_table
     runs = []
     for seed, (ssl_lin, ssl_knn, un_lin, un_knn) in enumerate(((0.5, 0.75, 0.25, 0.5), (0.7, 0.6, 0.4, 0.55))):
-        work = tmp_path / f'seed{seed}'
-        for name, linear, knn in (('', ssl_lin, ssl_knn), ('untrained_', un_lin, un_knn)):
-            (work / f'{name}linear').mkdir(parents=True)
-            (work / f'{name}knn').mkdir()
-            (work / f'{name}linear' / 'results.json').write_text(json.dumps(
-                {'final_epoch': {'accuracy': {'1': linear}}, 'best_epoch': {'top1': linear}}))
-            (work / f'{name}knn' / 'knn_results.json').write_text(json.dumps({'k=1': knn}))
-        runs.append(str(work))
+        runs.append(str(write_demo_run(tmp_path / f'seed{seed}', ssl=(ssl_lin, ssl_knn), untrained=(un_lin, un_knn))))
     out = tmp_path / 'ranges.json'
     assert demo_table.main(['--work_dir', *runs, '--train', tiny_data['train'][0],
                             '--test', tiny_data['val'][0], '--out', str(out)]) == 0
