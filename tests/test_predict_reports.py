@@ -194,3 +194,15 @@ def test_demo_table_reports_ranges_over_seed_runs(tiny_data, tmp_path, capsys):
     assert ranges['untrained_knn_top1'] == pytest.approx([0.5, 0.55])
     assert all(os.path.isfile(os.path.join(r, 'demo_summary.json')) for r in runs)
     assert 'over 2 runs (min-max)' in capsys.readouterr().out
+
+
+def test_demo_table_refuses_an_unfinished_run_and_writes_nothing(tiny_data, tmp_path, capsys):
+    from tools import demo_table
+    done = write_demo_run(tmp_path / 'seed0', ssl=(0.5, 0.75), untrained=(0.25, 0.5))
+    (tmp_path / 'seed1' / 'linear').mkdir(parents=True)   # pretraining killed before the twin ran
+    (tmp_path / 'seed1' / 'linear' / 'results.json').write_text('{"final_epoch": {}}')
+    out = tmp_path / 'ranges.json'
+    assert demo_table.main(['--work_dir', str(done), str(tmp_path / 'seed1'), '--train', tiny_data['train'][0],
+                            '--test', tiny_data['val'][0], '--out', str(out)]) == 2
+    assert f"error: {tmp_path / 'seed1'}: not a finished demo run" in capsys.readouterr().err
+    assert not out.exists() and not (done / 'demo_summary.json').exists()

@@ -49,17 +49,15 @@ def fmt(value):
     return '      -' if value is None else f'{100 * value:6.2f}%'
 
 
-def one_run(work_dir, raw_top1):
+def one_run(work_dir, ssl, untrained, raw_top1):
     """Print one run's table and write its demo_summary.json; returns the summary."""
-    rows = {'self-supervised encoder': read_row(work_dir, 'linear', 'knn'),
-            'untrained encoder (same seed)': read_row(work_dir, 'untrained_linear', 'untrained_knn'),
+    rows = {'self-supervised encoder': ssl, 'untrained encoder (same seed)': untrained,
             'raw coordinates': {'linear_top1_final': None, 'linear_top1_best': None, 'knn_top1': raw_top1}}
     print(f"\n{'':32s} {'k-NN top-1':>10s} {'linear final':>13s} {'linear best*':>13s}")
     for name, row in rows.items():
         print(f"{name:32s} {fmt(row['knn_top1']):>10s} {fmt(row['linear_top1_final']):>13s} "
               f"{fmt(row['linear_top1_best']):>13s}")
     print('* best epoch selected on the test split (reference protocol); k-NN: k=1, cosine similarity')
-    ssl, untrained = rows['self-supervised encoder'], rows['untrained encoder (same seed)']
     gain = {key: ssl[key] - untrained[key] for key in ('knn_top1', 'linear_top1_final')}
     print(f"self-supervision gain over the untrained twin: k-NN {100 * gain['knn_top1']:+.2f} points, "
           f"linear {100 * gain['linear_top1_final']:+.2f} points\n")
@@ -87,12 +85,20 @@ def main(argv=None):
     parser.add_argument('--test', default='data/demo_frame50/val_position.npy')
     parser.add_argument('--out', help='with several work_dirs: where to write the ranges (JSON)')
     args = parser.parse_args(argv)
+    runs = {}
+    for work_dir in args.work_dir:   # every run is read before anything is printed or written
+        try:
+            runs[work_dir] = (read_row(work_dir, 'linear', 'knn'),
+                              read_row(work_dir, 'untrained_linear', 'untrained_knn'))
+        except (OSError, ValueError, KeyError) as err:
+            print(f'error: {work_dir}: not a finished demo run ({type(err).__name__}: {err})', file=sys.stderr)
+            return 2
     raw_top1 = raw_knn_top1(args.train, args.test)
     summaries = []
-    for work_dir in args.work_dir:
-        if len(args.work_dir) > 1:
+    for work_dir, (ssl, untrained) in runs.items():
+        if len(runs) > 1:
             print(f'\n{work_dir}')
-        summaries.append(one_run(work_dir, raw_top1))
+        summaries.append(one_run(work_dir, ssl, untrained, raw_top1))
     if len(summaries) > 1:
         ranges = seed_ranges(summaries)
         print(f'over {len(summaries)} runs (min-max):')
