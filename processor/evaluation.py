@@ -97,6 +97,44 @@ def recalibrate_bn(proc, model, dataset):
     proc.log(f'Batch-norm statistics of {len(norms)} layers re-estimated on {len(dataset)} training clips')
 
 
+class StandardizedLinear(torch.nn.Module):
+    """A linear classifier on standardised features: linear((x - mean) * scale), with the
+    per-dimension mean and 1 / std of the training clips' features as fixed buffers. A dimension
+    that is constant on the training clips (std <= 1e-4 |mean| + 1e-8: below what float32 can
+    resolve once folded) gets scale 0: it carries nothing to learn from."""
+
+    def __init__(self, linear, mean, std):
+        super().__init__()
+        self.linear = linear
+        self.register_buffer('mean', mean.detach().clone().float())
+        varies = std > 1e-4 * mean.abs() + 1e-8
+        self.register_buffer('scale', torch.where(varies, 1.0 / std.clamp_min(1e-8), torch.zeros_like(std)).float())
+
+    def forward(self, x):
+        return self.linear((x - self.mean) * self.scale)
+
+    @torch.no_grad()
+    def folded(self):
+        """{'weight', 'bias'} of the plain nn.Linear that gives the same scores on raw features."""
+        weight = self.linear.weight.double() * self.scale.double()
+        bias = self.linear.bias.double() - weight @ self.mean.double()
+        return {'weight': weight.to(self.linear.weight.dtype), 'bias': bias.to(self.linear.bias.dtype)}
+
+
+def standardize_classifier(proc, model, train_feats):
+    """Wraps `model.encoder_q.fc` in a StandardizedLinear with the statistics of `train_feats`."""
+    fc = model.encoder_q.fc
+    if not isinstance(fc, torch.nn.Linear):
+        raise ConfigError(f'standardize_features needs a plain linear classifier encoder_q.fc, this model has '
+                          f'{type(fc).__name__} (MAMP\'s probe normalises with its own BatchNorm1d)')
+    mean, std = train_feats.mean(0).to(fc.weight.device), train_feats.std(0).to(fc.weight.device)
+    model.encoder_q.fc = StandardizedLinear(fc, mean, std)
+    dead = int((model.encoder_q.fc.scale == 0).sum())
+    proc.log(f'Classifier trained on standardised features ({train_feats.shape[1]} dims, std over the '
+             f'training clips: median {std.median().item():.3g}, min {std.min().item():.3g}, max {std.max().item():.3g}'
+             + (f'; {dead} constant dims ignored' if dead else '') + '); folded into encoder_q.fc when saved')
+
+
 RECALIBRATE_BN_OPTION = Opt(False, bool, 're-estimate the batch-norm statistics of the encoder on the training '
                                          'clips (no labels) before evaluating: the untrained-encoder baseline')
 
@@ -123,6 +161,10 @@ EVAL_OPTIONS = {
     'cache_features': Opt('auto', tristate, "auto | true | false: train the classifier on cached features "
                                        "(auto = when the training data has no augmentation)"),
     'recalibrate_bn': RECALIBRATE_BN_OPTION,
+    'standardize_features': Opt(False, bool, 'linear evaluation: train the classifier on features standardised per '
+                                             'dimension with the training clips\' mean and std (our option; the '
+                                             'reference feeds the raw features, so its lr suits only one feature '
+                                             'scale); saved checkpoints hold the equivalent plain classifier'),
     'overwrite': OVERWRITE_OPTION,
 }
 
@@ -268,6 +310,9 @@ class ClassifierProcessor(Processor):
             self.log(f'Cached features: train {tuple(self.train_feats.shape)}, test {tuple(self.test_feats.shape)}')
         else:
             self.loader = self.build_loader(self.train_set, train=True)
+        if cfg['standardize_features']:
+            stats = self.train_feats if self.cached else extract_features(self, self.model, self.train_set)[0]
+            standardize_classifier(self, self.model, stats)
         self.net = self.model
         if self.world_size > 1 and not self.cached:
             self.net = DistributedDataParallel(self.model)
@@ -356,7 +401,13 @@ class ClassifierProcessor(Processor):
 
     def save_model(self, name):
         if self.is_main:
-            atomic_save(reference_state_dict(self.model), os.path.join(self.work_dir, name))
+            state = reference_state_dict(self.model)
+            fc = self.model.encoder_q.fc
+            if isinstance(fc, StandardizedLinear):   # the reference format: a plain encoder_q.fc
+                folded = {CLASSIFIER_PREFIX + k: v.cpu() for k, v in fc.folded().items()}
+                state = type(state)((k, v) for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIX))
+                state.update(folded)
+            atomic_save(state, os.path.join(self.work_dir, name))
 
 
 @TASKS.register('linear_evaluation', aliases=['processor.linear_evaluation.LE_Processor'])
@@ -385,6 +436,8 @@ class FinetuneEvaluation(ClassifierProcessor):
 
     def validate(self):
         super().validate()
+        if self.cfg['standardize_features']:
+            raise ConfigError('standardize_features is for linear evaluation (a frozen encoder), not fine-tuning')
         if self.cfg['bn_mode'] not in ('train', 'eval'):
             raise ConfigError(f"option 'bn_mode' must be train or eval, got {self.cfg['bn_mode']!r}")
         # The labelled subset follows the run's seed unless train_feeder_args.subset_seed is set

@@ -209,3 +209,78 @@ def test_recalibrate_bn_estimates_the_training_statistics(tiny_data, tmp_path):
     LinearEvaluation.from_argv(eval_argv(tiny_data, plain, extra=['--num_epoch', '1', '--eval_interval', '1'])).start()
     state = torch.load(os.path.join(plain, 'best_model.pt'), weights_only=True)
     assert torch.equal(state['encoder_q.data_bn.running_mean'], torch.zeros(v * c))
+
+
+def test_standardized_linear_folds_into_an_equal_plain_classifier():
+    from processor.evaluation import StandardizedLinear
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(50, 5, generator=gen) * torch.tensor([0.01, 1.0, 30.0, 2.0, 0.0]) + 4.0
+    fc = torch.nn.Linear(5, 3)
+    probe = StandardizedLinear(fc, feats.mean(0), feats.std(0))
+    z = (feats - probe.mean) * probe.scale
+    assert z[:, :4].std(0).tolist() == pytest.approx([1.0] * 4, abs=1e-5)    # unit variance per dim
+    assert probe.scale[4] == 0                       # constant on the training clips: ignored
+    plain = torch.nn.Linear(5, 3)
+    plain.load_state_dict(probe.folded())
+    test = torch.randn(7, 5, generator=gen) * 3
+    torch.testing.assert_close(plain(test), probe(test), rtol=1e-5, atol=1e-4)
+
+
+def test_standardized_probe_is_blind_to_the_feature_scale():
+    """The point of the option: SGD on c * x + d follows the same path as on x."""
+    from processor.evaluation import StandardizedLinear
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    outputs = []
+    for scale, shift in ((1.0, 0.0), (250.0, -7.0)):
+        torch.manual_seed(0)
+        feats = x * scale + shift
+        probe = StandardizedLinear(torch.nn.Linear(6, 3), feats.mean(0), feats.std(0))
+        opt = torch.optim.SGD(probe.parameters(), lr=3.0, momentum=0.9)
+        for _ in range(20):
+            loss = torch.nn.functional.cross_entropy(probe(feats), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        outputs.append(probe(feats).detach())
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-3, atol=1e-3)
+
+
+def test_standardize_features_saves_a_reference_format_classifier(tiny_data, tmp_path, pretrained):
+    work = tmp_path / 'std'
+    # the untrained encoder (default init, BN statistics of the data): features that vary
+    varied = ['--model_args.init_weights', 'false', '--recalibrate_bn', 'true']
+    summary = LinearEvaluation.from_argv(eval_argv(tiny_data, str(work), None,
+                                                   ['--standardize_features', 'true'] + varied)).start()
+    assert 0 <= summary['final_epoch']['accuracy'][1] <= 1
+    saved = torch.load(work / 'best_model.pt', weights_only=True)
+    assert sorted(k for k in saved if k.startswith('encoder_q.fc.')) == ['encoder_q.fc.bias', 'encoder_q.fc.weight']
+    # the saved plain classifier on the raw features gives the scores the run wrote
+    LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / 'test'), None, [
+        '--phase', 'test', '--weights', str(work / 'best_model.pt')] + varied)).start()
+    scores = pickle.load(open(tmp_path / 'test' / 'test_result.pkl', 'rb'))
+    best = pickle.load(open(work / 'test_result.pkl', 'rb'))
+    assert len(best) == 12
+    for name in best:
+        np.testing.assert_allclose(scores[name], best[name], rtol=1e-4, atol=1e-4)
+    log = open(work / 'log.txt').read()
+    assert 'Classifier trained on standardised features (8 dims' in log and 'constant dims' not in log
+
+
+def test_standardize_features_is_refused_for_fine_tuning(tiny_data, tmp_path, pretrained, capsys):
+    import main
+    argv = eval_argv(tiny_data, str(tmp_path / 'ft'), pretrained, ['--standardize_features', 'true'])
+    assert main.main(['finetune_evaluation'] + argv) == 2
+    assert 'standardize_features is for linear evaluation' in capsys.readouterr().err
+
+
+def test_standardized_probe_cached_equals_running_encoder(tiny_data, tmp_path):
+    """Without caching the wrapped classifier runs inside the encoder's forward: the same result."""
+    extra = ['--model_args.init_weights', 'false', '--recalibrate_bn', 'true', '--standardize_features', 'true']
+    runs = [LinearEvaluation.from_argv(eval_argv(tiny_data, str(tmp_path / name), None, extra + more)).start()
+            for name, more in (('a', []), ('b', ['--cache_features', 'false']))]
+    assert runs[0]['final_epoch']['accuracy'] == pytest.approx(runs[1]['final_epoch']['accuracy'])
+    a = pickle.load(open(tmp_path / 'a' / 'test_result_final.pkl', 'rb'))
+    b = pickle.load(open(tmp_path / 'b' / 'test_result_final.pkl', 'rb'))
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-4)
