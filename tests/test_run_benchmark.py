@@ -206,3 +206,31 @@ def test_table_gain_over_untrained_pairs_architecture_stream_and_seed():
     # the gain of a tagged variant is against the same untrained encoder
     tagged = dict(rows[0], method='clr [rot60]')
     assert run_benchmark.gain_over_untrained(tagged, rows, {'clr': 'ST-GCN'}) == (15.0, 2.5)
+
+
+def test_probe_variant_reuses_the_pretraining_and_probes_the_baselines_alike(tmp_path, capsys):
+    path, suite = write_suite(tmp_path)
+    assert run_benchmark.main(['--suite', path]) == 0
+    base = os.path.join(suite['work_root'], 'skeletonclr', 'joint', 'seed0')
+    log_before = open(os.path.join(base, 'pretrain', 'log.txt')).read()
+    capsys.readouterr()
+    assert run_benchmark.main(['--suite', path, '--set', 'probe.standardize_features=true', '--tag', 'std']) == 0
+    # no second pretraining: the variant evaluated the untagged run's checkpoint
+    assert open(os.path.join(base, 'pretrain', 'log.txt')).read() == log_before
+    tagged = os.path.join(suite['work_root'], 'skeletonclr_std', 'joint', 'seed0')
+    assert not os.path.exists(os.path.join(tagged, 'pretrain'))
+    rows = {r['method']: r for r in json.load(open(suite['results']['test']))}
+    assert set(rows) == {'skeletonclr', 'untrained skeletonclr', 'raw coordinates', 'skeletonclr [std]',
+                         'untrained skeletonclr [std]', 'raw coordinates [std]'}
+    for name in ('skeletonclr [std]', 'untrained skeletonclr [std]', 'raw coordinates [std]'):
+        assert rows[name]['overrides'] == '--standardize_features true'
+        log = open(os.path.join(rows[name]['work_dir'], 'linear', 'log.txt')).read()
+        assert 'Classifier trained on standardised features' in log
+    assert 'standardised' not in open(os.path.join(base, 'linear', 'log.txt')).read()
+    assert rows['skeletonclr [std]']['pretrain_seconds'] == rows['skeletonclr']['pretrain_seconds']
+    # the variant's gain is over the untrained encoder under the same probe
+    gain = run_benchmark.gain_over_untrained(rows['skeletonclr [std]'], list(rows.values()),
+                                             {'skeletonclr': 'skeletonclr'})
+    twin = rows['untrained skeletonclr [std]']
+    assert gain == (rows['skeletonclr [std]']['linear_top1_final'] - twin['linear_top1_final'],
+                    rows['skeletonclr [std]']['knn_top1'] - twin['knn_top1'])

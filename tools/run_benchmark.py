@@ -11,7 +11,8 @@ user gets from the same commands (`--dry-run` prints them). Finished stages are 
 interrupted pretraining continues from its last epoch (`--resume auto`), so the command can be
 killed and started again. `--split val` pre-trains and probes on the suite's validation split
 (built from the training views only) and writes the validation table; hyper-parameters are
-chosen there (`--set` tries a change to every pretraining config, under a `--tag`), and the
+chosen there (`--set` tries a change to every pretraining config, under a `--tag`; `--set
+probe.KEY=VALUE` a change of the linear probe, on the untagged run's checkpoints), and the
 test split is evaluated once per final config.
 
 The suite file (YAML) names the data splits, the prepare commands and the rows; see
@@ -89,10 +90,11 @@ def read_config(path):
 class Job:
     """One (row, stream, seed) of a suite on one split: its commands, folders and results."""
 
-    def __init__(self, suite, row, stream, seed, split, tag, overrides, kind, at_epoch=None):
+    def __init__(self, suite, row, stream, seed, split, tag, overrides, kind, at_epoch=None, probe=()):
         self.suite, self.row, self.stream, self.seed = suite, row, stream, seed
         self.at_epoch = at_epoch   # evaluate this intermediate checkpoint (None: the final one)
         self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
+        self.probe = list(probe)   # linear-evaluation overrides of a probe variant (--set probe.KEY=VALUE)
         # a row with weights_from evaluates (another part of) that row's pretrained checkpoint
         self.source = None
         if kind == 'ssl' and row.get('weights_from'):
@@ -102,6 +104,9 @@ class Job:
         folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords'}[kind]
         root = suite['work_root'] + ('' if split == 'test' else f'_{split}')
         self.work_dir = os.path.join(root, folder + (f'_{tag}' if tag else ''), stream, f'seed{seed}')
+        # a variant that changes only the probe evaluates the untagged run's pretraining
+        self.shared_pretrain = os.path.join(root, folder, stream, f'seed{seed}', 'pretrain') \
+            if tag and not overrides else None
         paths = suite['splits'][split]
         self.data = ['--train_feeder_args.data_path', paths['train_data'],
                      '--train_feeder_args.label_path', paths['train_label'],
@@ -124,7 +129,9 @@ class Job:
         return int(cfg.get('num_epoch', 300))
 
     def pretrain_dir(self):
-        return self.source.pretrain_dir() if self.source else os.path.join(self.work_dir, 'pretrain')
+        if self.source:
+            return self.source.pretrain_dir()
+        return self.shared_pretrain or os.path.join(self.work_dir, 'pretrain')
 
     def final_checkpoint(self):
         return os.path.join(self.pretrain_dir(), f'epoch{self.epochs}_model.pt')
@@ -156,7 +163,8 @@ class Job:
         config = self.row['evaluate'] if self.kind != 'raw' else self.suite['raw_baseline']['evaluate']
         out.append(('linear', os.path.join(self.eval_dir('linear'), 'results.json'),
                     main + ['linear_evaluation', '--config', config, '--work_dir',
-                            self.eval_dir('linear')] + weights + self.data + self.common + self.redo + extra))
+                            self.eval_dir('linear')] + weights + self.data + self.common + self.redo + extra
+                    + self.probe))
         out.append(('knn', os.path.join(self.eval_dir('knn'), 'knn_results.json'),
                     main + ['knn_retrieval', '--config', config, '--work_dir', self.eval_dir('knn'),
                             '--knn_k', '1', '5'] + weights + self.data + self.common + self.redo + extra))
@@ -196,7 +204,7 @@ class Job:
             'knn_top1': pct(knn['k=1']), 'knn5_top1': pct(knn['k=5']),
             'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
             'epochs': self.at_epoch or self.epochs, 'device': device_name(), 'config': config,
-            'overrides': ' '.join(self.overrides), 'commit': commit(), 'work_dir': self.work_dir,
+            'overrides': ' '.join(self.overrides + self.probe), 'commit': commit(), 'work_dir': self.work_dir,
         }
 
 
@@ -258,9 +266,12 @@ def mean_range(values):
 def gain_over_untrained(row, rows, architectures):
     """(linear final, k-NN) top-1 of an SSL row minus those of its own untrained encoder (same
     architecture, stream and seed); None for other rows or when that baseline was not run."""
-    base = architectures.get(row['method'].split(' [')[0])
-    twin = [u for u in rows if u.get('kind') == 'untrained' and u['method'] == f'untrained {base}'
-            and u['stream'] == row['stream'] and u['seed'] == row['seed']]
+    name, _, tag = row['method'].partition(' [')
+    base = architectures.get(name)
+    twins = {u['method']: u for u in rows if u.get('kind') == 'untrained'
+             and u['stream'] == row['stream'] and u['seed'] == row['seed']}
+    # a probe variant's own untrained row (same probe) when there is one, else the plain one
+    twin = [twins[m] for m in (f'untrained {base} [{tag}', f'untrained {base}') if m in twins][:1]
     if row.get('kind') != 'ssl' or not twin:
         return None
     return (row['linear_top1_final'] - twin[0]['linear_top1_final'], row['knn_top1'] - twin[0]['knn_top1'])
@@ -329,7 +340,9 @@ def build_parser():
     p.add_argument('--baselines', choices=['yes', 'no', 'only'], default='yes',
                    help='also run the untrained-encoder and raw-coordinate rows (default yes)')
     p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
-                   help='override pretraining options (e.g. model_args.queue_size=128); needs --tag')
+                   help='override pretraining options (e.g. model_args.queue_size=128), or, as probe.KEY=VALUE, '
+                        'options of the linear evaluation (e.g. probe.standardize_features=true: the untagged '
+                        'run\'s pretraining is evaluated, and the baselines get the same probe); needs --tag')
     p.add_argument('--eval-epochs', type=int, nargs='+', default=[],
                    help='also evaluate these intermediate pretraining epochs (model selection of the epoch '
                         'count on --split val; checkpoints are saved at their greatest common divisor)')
@@ -355,12 +368,15 @@ def run(args):
         raise SuiteError(f'{args.suite}: no split {args.split!r} (has {sorted(suite["splits"])})')
     if args.set and not args.tag:
         raise SuiteError('--set needs a --tag naming the variant')
-    overrides = []
+    overrides, probe = [], []
     for item in args.set:
         if '=' not in item:
             raise SuiteError(f'--set {item!r}: expected KEY=VALUE')
         key, value = item.split('=', 1)
-        overrides += [f'--{key}', value]
+        if key.startswith('probe.'):   # a linear-evaluation option: the pretraining is not touched
+            probe += [f'--{key[len("probe."):]}', value]
+        else:
+            overrides += [f'--{key}', value]
     if args.eval_epochs:
         overrides += ['--save_interval', str(functools.reduce(math.gcd, args.eval_epochs))]
     rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
@@ -375,14 +391,16 @@ def run(args):
         for stream in streams:
             for seed in seeds:
                 if args.baselines != 'only':
-                    final = Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl')
+                    final = Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', probe=probe)
                     jobs.append(final)
-                    jobs += [Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', at_epoch=e)
+                    jobs += [Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', at_epoch=e,
+                                 probe=probe)
                              for e in sorted(set(args.eval_epochs)) if e < final.epochs]
-                if args.baselines != 'no' and not args.tag and row.get('untrained_baseline', True):
-                    jobs.append(Job(suite, row, stream, seed, args.split, '', [], 'untrained'))
-    if args.baselines != 'no' and not args.tag and 'raw_baseline' in suite:
-        jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, '', [], 'raw'))
+                # baselines are untagged, but for a probe variant, whose probe they share
+                if args.baselines != 'no' and not overrides and row.get('untrained_baseline', True):
+                    jobs.append(Job(suite, row, stream, seed, args.split, args.tag, [], 'untrained', probe=probe))
+    if args.baselines != 'no' and not overrides and 'raw_baseline' in suite:
+        jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, args.tag, [], 'raw', probe=probe))
     # one untrained row per architecture and stream: rows sharing an evaluate file share it
     seen, unique = set(), []
     for job in jobs:
