@@ -22,9 +22,10 @@ def plot(rows, out, title):
         if r.get('kind') == 'ensemble':
             continue
         groups.setdefault((r['method'], r['stream'], r['kind']), []).append(r)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colours = plt.get_cmap('tab10')
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     methods = sorted({m for (m, _, k) in groups if k == 'ssl'})
+    palette = 10 if len(methods) <= 10 else 20   # distinct colours for up to 20 methods
+    colours = plt.get_cmap(f'tab{palette}')
     baseline_styles = iter(['--', ':', '-.', (0, (5, 1)), (0, (1, 3))] * 4)
     for (method, stream, kind), rs in sorted(groups.items()):
         acc = [r['linear_top1_final'] for r in rs]
@@ -36,16 +37,16 @@ def plot(rows, out, title):
             continue
         minutes = [r['pretrain_seconds'] / 60 for r in rs]
         x = sum(minutes) / len(minutes)
-        colour = colours(methods.index(method) % 10)
+        colour = colours(methods.index(method) % palette)
         ax.errorbar(x, mean, yerr=[[mean - min(acc)], [max(acc) - mean]] if len(acc) > 1 else None,
                     marker=MARKERS.get(stream, 'o'), color=colour, capsize=3, linestyle='none',
                     label=f'{method}, {stream}' + (f' ({len(acc)} seeds)' if len(acc) > 1 else ''))
     ax.set_xlim(left=0)
-    ax.set_xlabel('pretraining time (minutes, this machine)')
+    ax.set_xlabel('pretraining time (minutes, as measured: see each row\'s device)')
     ax.set_ylabel('linear top-1, final epoch (%)')
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc='best')
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))   # outside: no point hidden
     fig.tight_layout()
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     fig.savefig(out, dpi=120)
