@@ -234,3 +234,22 @@ def test_probe_variant_reuses_the_pretraining_and_probes_the_baselines_alike(tmp
     twin = rows['untrained skeletonclr [std]']
     assert gain == (rows['skeletonclr [std]']['linear_top1_final'] - twin['linear_top1_final'],
                     rows['skeletonclr [std]']['knn_top1'] - twin['knn_top1'])
+
+
+def test_eval_epochs_keep_the_baselines_and_probe_variants_share_the_pretraining(tmp_path, capsys):
+    """--eval-epochs adds a --save_interval to the pretraining: that is no variant of the recipe,
+    so the untagged run keeps its baselines, and a probe variant still reads the untagged checkpoints."""
+    path, suite = write_suite(tmp_path)
+    assert run_benchmark.main(['--suite', path, '--eval-epochs', '1', '--dry-run']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any('untrained_skeletonclr' in line for line in lines) and any('raw_coords' in line for line in lines)
+    assert run_benchmark.main(['--suite', path, '--eval-epochs', '1', '--set', 'probe.standardize_features=true',
+                               '--tag', 'std', '--dry-run']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    shared = os.path.join(suite['work_root'], 'skeletonclr', 'joint', 'seed0', 'pretrain')
+    assert f'--work_dir {shared} ' in lines[0] and not any('skeletonclr_std/joint/seed0/pretrain' in l for l in lines)
+    assert any('untrained_skeletonclr_std' in line for line in lines)
+    # a pretraining variant has its own pretraining and no baselines
+    assert run_benchmark.main(['--suite', path, '--set', 'num_epoch=1', '--tag', 'short', '--dry-run']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 'skeletonclr_short/joint/seed0/pretrain' in lines[0] and not any('untrained' in l for l in lines)

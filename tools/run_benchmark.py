@@ -90,23 +90,26 @@ def read_config(path):
 class Job:
     """One (row, stream, seed) of a suite on one split: its commands, folders and results."""
 
-    def __init__(self, suite, row, stream, seed, split, tag, overrides, kind, at_epoch=None, probe=()):
+    def __init__(self, suite, row, stream, seed, split, tag, overrides, kind, at_epoch=None, probe=(),
+                 pretrain_tag=None):
         self.suite, self.row, self.stream, self.seed = suite, row, stream, seed
         self.at_epoch = at_epoch   # evaluate this intermediate checkpoint (None: the final one)
         self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
         self.probe = list(probe)   # linear-evaluation overrides of a probe variant (--set probe.KEY=VALUE)
+        # the variant whose pretraining is evaluated: a probe variant's is the untagged run's ('')
+        pretrain_tag = tag if pretrain_tag is None else pretrain_tag
         # a row with weights_from evaluates (another part of) that row's pretrained checkpoint
         self.source = None
         if kind == 'ssl' and row.get('weights_from'):
             source_row = next(r for r in suite['rows'] if r['method'] == row['weights_from'])
-            self.source = Job(suite, source_row, stream, seed, split, tag, overrides, kind, at_epoch)
+            self.source = Job(suite, source_row, stream, seed, split, tag, overrides, kind, at_epoch,
+                              pretrain_tag=pretrain_tag)
         self.pretrain_row = self.source.row if self.source else row
         folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords'}[kind]
         root = suite['work_root'] + ('' if split == 'test' else f'_{split}')
         self.work_dir = os.path.join(root, folder + (f'_{tag}' if tag else ''), stream, f'seed{seed}')
-        # a variant that changes only the probe evaluates the untagged run's pretraining
-        self.shared_pretrain = os.path.join(root, folder, stream, f'seed{seed}', 'pretrain') \
-            if tag and not overrides else None
+        self._pretrain_dir = os.path.join(root, folder + (f'_{pretrain_tag}' if pretrain_tag else ''), stream,
+                                          f'seed{seed}', 'pretrain')
         paths = suite['splits'][split]
         self.data = ['--train_feeder_args.data_path', paths['train_data'],
                      '--train_feeder_args.label_path', paths['train_label'],
@@ -129,9 +132,7 @@ class Job:
         return int(cfg.get('num_epoch', 300))
 
     def pretrain_dir(self):
-        if self.source:
-            return self.source.pretrain_dir()
-        return self.shared_pretrain or os.path.join(self.work_dir, 'pretrain')
+        return self.source.pretrain_dir() if self.source else self._pretrain_dir
 
     def final_checkpoint(self):
         return os.path.join(self.pretrain_dir(), f'epoch{self.epochs}_model.pt')
@@ -377,6 +378,8 @@ def run(args):
             probe += [f'--{key[len("probe."):]}', value]
         else:
             overrides += [f'--{key}', value]
+    # a variant that changes the pretraining has its own; the untagged run and probe variants share one
+    pretrain_tag = args.tag if overrides else ''
     if args.eval_epochs:
         overrides += ['--save_interval', str(functools.reduce(math.gcd, args.eval_epochs))]
     rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
@@ -391,15 +394,16 @@ def run(args):
         for stream in streams:
             for seed in seeds:
                 if args.baselines != 'only':
-                    final = Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', probe=probe)
+                    final = Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', probe=probe,
+                                pretrain_tag=pretrain_tag)
                     jobs.append(final)
                     jobs += [Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', at_epoch=e,
-                                 probe=probe)
+                                 probe=probe, pretrain_tag=pretrain_tag)
                              for e in sorted(set(args.eval_epochs)) if e < final.epochs]
-                # baselines are untagged, but for a probe variant, whose probe they share
-                if args.baselines != 'no' and not overrides and row.get('untrained_baseline', True):
+                # no baselines for a pretraining variant; a probe variant's get its probe (and its tag)
+                if args.baselines != 'no' and not pretrain_tag and row.get('untrained_baseline', True):
                     jobs.append(Job(suite, row, stream, seed, args.split, args.tag, [], 'untrained', probe=probe))
-    if args.baselines != 'no' and not overrides and 'raw_baseline' in suite:
+    if args.baselines != 'no' and not pretrain_tag and 'raw_baseline' in suite:
         jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, args.tag, [], 'raw', probe=probe))
     # one untrained row per architecture and stream: rows sharing an evaluate file share it
     seen, unique = set(), []
