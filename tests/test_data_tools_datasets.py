@@ -163,6 +163,58 @@ def test_nw_ucla_pad_without_centring(tmp_path):
     assert not data[0, :, 7:].any()
 
 
+def random_rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def canonical_body(rng, num_frames):
+    """A clip already in its body frame: hips and shoulders left (-x) / right (+x), shoulder
+    centre straight above the hip centre (+y), every frame (other joints random)."""
+    frames = rng.normal(scale=0.3, size=(num_frames, 20, 3))
+    frames[:, 0] = 0.0
+    frames[:, 2] = [0.0, 0.5, 0.0]
+    for left, right, height in ((4, 8, 0.5), (12, 16, 0.0)):
+        frames[:, left] = [-0.2, height, 0.0]
+        frames[:, right] = [0.2, height, 0.0]
+    return frames
+
+
+def test_nw_ucla_view_normalise_undoes_the_camera(tmp_path):
+    """A body-frame clip seen by a rotated (azimuth and tilt) and shifted camera comes back to the
+    body frame (then centred on joint 2); the rotation is proper, so left stays left."""
+    rng = np.random.default_rng(5)
+    body = canonical_body(rng, 6)
+    rotation, shift = random_rotation(rng), rng.normal(size=3)
+    camera = body @ rotation.T + shift
+    write_ucla(tmp_path / 'json', 'a01_s01_e00_v01', 1, camera)
+    meta_args = ['--data_path', str(tmp_path / 'json'), '--length', '6', '--temporal', 'pad', '--quiet']
+    nw_ucla_gendata.main(meta_args + ['--out_folder', str(tmp_path / 'body'), '--view_normalise', 'body'])
+    nw_ucla_gendata.main(meta_args + ['--out_folder', str(tmp_path / 'camera')])
+    data, _ = load_split(tmp_path / 'body', 'train')
+    expected = (body - body[:, 2:3]).transpose(2, 0, 1)
+    np.testing.assert_allclose(data[0, :, :, :, 0], expected, atol=1e-5)
+    plain, _ = load_split(tmp_path / 'camera', 'train')
+    assert np.abs(plain[0, :, :, :, 0] - expected).max() > 0.05   # the default keeps camera coordinates
+    assert json.loads((tmp_path / 'body' / 'meta.json').read_text())['view_normalise'] == 'body'
+
+
+def test_body_frame_is_a_proper_rotation_and_identity_when_degenerate():
+    rng = np.random.default_rng(6)
+    clip = canonical_body(rng, 4) @ random_rotation(rng).T
+    frame = du.body_frame(clip, (0, 2), ((4, 8), (12, 16)))
+    np.testing.assert_allclose(frame @ frame.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(frame) == pytest.approx(1.0)
+    # the mirror image of the clip gets the mirrored axes, not the same ones
+    mirrored = clip * [-1, 1, 1]
+    assert not np.allclose(du.body_frame(mirrored, (0, 2), ((4, 8), (12, 16))), frame)
+    np.testing.assert_array_equal(du.body_frame(np.zeros((3, 20, 3)), (0, 2), ((4, 8), (12, 16))), np.eye(3))
+    upright_only = np.zeros((3, 20, 3))
+    upright_only[:, 2, 1] = 1.0   # no left-right extent: no azimuth to remove
+    np.testing.assert_array_equal(du.body_frame(upright_only, (0, 2), ((4, 8), (12, 16))), np.eye(3))
+
+
 @pytest.mark.parametrize('record, message', [
     ({'label': 3, 'skeletons': [[[0, 0, 0]] * 20]}, 'does not match action'),
     ({'label': 1, 'skeletons': []}, 'empty'),

@@ -521,6 +521,30 @@ def aligning_rotations(vectors, target):
     return axis_angle_matrices(axes, angle_to(vectors, target))
 
 
+
+def body_frame(sequence, up, lateral):
+    """Rotation (3, 3) whose rows are the body's axes in camera coordinates, one per sequence:
+    y along the mean over frames of the `up` bone (joint up[0] -> up[1], e.g. hip centre ->
+    shoulder centre), x along the mean of the `lateral` (left, right) joint pairs made
+    perpendicular to y, z = x cross y (a proper rotation, never a mirror). `sequence @ R.T`
+    expresses every frame in that body frame, so the camera's azimuth and tilt are removed while
+    turns within the clip remain. Identity when either direction is degenerate (e.g. all zeros).
+    """
+    sequence = np.asarray(sequence, dtype=np.float64)
+    y = (sequence[:, up[1]] - sequence[:, up[0]]).mean(0)
+    x = sum((sequence[:, right] - sequence[:, left]).mean(0) for left, right in lateral)
+    y_norm = np.linalg.norm(y)
+    if y_norm < 1e-9:
+        return np.eye(3)
+    y = y / y_norm
+    x = x - (x @ y) * y
+    x_norm = np.linalg.norm(x)
+    if x_norm < 1e-9:
+        return np.eye(3)
+    x = x / x_norm
+    return np.stack([x, y, np.cross(x, y)])
+
+
 # --------------------------------------------------------------------------------------------
 # misc
 # --------------------------------------------------------------------------------------------
