@@ -253,3 +253,48 @@ def test_eval_epochs_keep_the_baselines_and_probe_variants_share_the_pretraining
     assert run_benchmark.main(['--suite', path, '--set', 'num_epoch=1', '--tag', 'short', '--dry-run']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert 'skeletonclr_short/joint/seed0/pretrain' in lines[0] and not any('untrained' in l for l in lines)
+
+
+def test_data_variant_runs_on_its_own_data_and_pairs_gains_on_the_same_data(tmp_path, capsys):
+    path, suite = write_suite(tmp_path)
+    folder = str(tmp_path / 'data_b')
+    os.makedirs(folder)
+    write_dataset(folder, 'train', 16, t=8, v=25, m=2, seed=3)
+    write_dataset(folder, 'val', 8, t=8, v=25, m=2, seed=4)
+    suite['data'] = 'plain'
+    suite['data_variants'] = {'other': {'splits': {'test': {
+        'train_data': f'{folder}/train_data.npy', 'train_label': f'{folder}/train_label.pkl',
+        'test_data': f'{folder}/val_data.npy', 'test_label': f'{folder}/val_label.pkl'}}}}
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    assert run_benchmark.main(['--suite', path]) == 0
+    assert run_benchmark.main(['--suite', path, '--data', 'other']) == 0
+    assert run_benchmark.main(['--suite', path, '--data', 'other', '--set', 'probe.standardize_features=true',
+                               '--tag', 'std']) == 0
+    rows = {r['method']: r for r in json.load(open(suite['results']['test']))}
+    assert set(rows) == {'skeletonclr', 'untrained skeletonclr', 'raw coordinates',
+                         'skeletonclr [other]', 'untrained skeletonclr [other]', 'raw coordinates [other]',
+                         'skeletonclr [other, std]', 'untrained skeletonclr [other, std]',
+                         'raw coordinates [other, std]'}
+    assert rows['skeletonclr']['data'] == 'plain' and rows['skeletonclr [other, std]']['data'] == 'other'
+    variant_dir = rows['skeletonclr [other]']['work_dir']
+    assert variant_dir.startswith(suite['work_root'] + '_other' + os.sep)
+    commands = open(os.path.join(variant_dir, 'runner.log')).read()
+    assert f'{folder}/train_data.npy' in commands and f"{tmp_path / 'data'}/" not in commands
+    # the pretraining of [other, std] is that of [other], not the default data's
+    assert rows['skeletonclr [other, std]']['pretrain_seconds'] == rows['skeletonclr [other]']['pretrain_seconds']
+    arch = {'skeletonclr': 'skeletonclr'}
+    for method, twin in (('skeletonclr', 'untrained skeletonclr'),
+                         ('skeletonclr [other]', 'untrained skeletonclr [other]'),
+                         ('skeletonclr [other, std]', 'untrained skeletonclr [other, std]')):
+        assert run_benchmark.gain_over_untrained(rows[method], list(rows.values()), arch) == (
+            rows[method]['linear_top1_final'] - rows[twin]['linear_top1_final'],
+            rows[method]['knn_top1'] - rows[twin]['knn_top1'])
+    # a pretraining variant on the data variant has no baselines of its own: it pairs with [other]'s
+    tagged = dict(rows['skeletonclr [other]'], method='skeletonclr [other, e80]')
+    twin = rows['untrained skeletonclr [other]']
+    assert run_benchmark.gain_over_untrained(tagged, list(rows.values()), arch)[0] == (
+        tagged['linear_top1_final'] - twin['linear_top1_final'])
+    capsys.readouterr()
+    assert run_benchmark.main(['--suite', path, '--data', 'missing']) == 2
+    assert "no data variant 'missing'" in capsys.readouterr().err

@@ -72,6 +72,14 @@ def load_suite(path):
                 raise SuiteError(f'{path}: rows[{i}] needs {key!r}')
         if 'pretrain' in row and not (isinstance(row['pretrain'], list) and len(row['pretrain']) == 2):
             raise SuiteError(f'{path}: rows[{i}].pretrain must be [task, config file]')
+    for name, variant in (suite.get('data_variants') or {}).items():
+        if not isinstance(variant, dict) or set(variant.get('splits') or {}) != set(suite['splits']):
+            raise SuiteError(f'{path}: data_variants.{name} needs splits {sorted(suite["splits"])} '
+                             f'(and optionally prepare)')
+        for split, paths in variant['splits'].items():
+            for key in ('train_data', 'train_label', 'test_data', 'test_label'):
+                if key not in (paths or {}):
+                    raise SuiteError(f'{path}: data_variants.{name}.splits.{split} needs {key}')
     methods = {row['method']: row for row in suite['rows']}
     for i, row in enumerate(suite['rows']):
         source = row.get('weights_from')
@@ -79,6 +87,22 @@ def load_suite(path):
             raise SuiteError(f'{path}: rows[{i}].weights_from must name a row with its own pretrain '
                              f'(and the row none): got {source!r}')
     return suite
+
+
+def with_data_variant(suite, name):
+    """The suite on its data variant `name` (other preprocessing of the same splits): the
+    variant's data and prepare steps, a work root of its own, and rows labelled [name]."""
+    variants = suite.get('data_variants') or {}
+    if name not in variants:
+        raise SuiteError(f'no data variant {name!r} (the suite has {sorted(variants)})')
+    return {**suite, 'splits': variants[name]['splits'], 'prepare': variants[name].get('prepare', {}),
+            'work_root': f'{suite["work_root"]}_{name}', 'data': name, 'data_variant': True}
+
+
+def variant_suffix(labels):
+    """' [body, std]' for a row on data variant 'body' probed as variant 'std'; '' for none."""
+    labels = [label for label in labels if label]
+    return f' [{", ".join(labels)}]' if labels else ''
 
 
 def read_config(path):
@@ -96,6 +120,7 @@ class Job:
         self.at_epoch = at_epoch   # evaluate this intermediate checkpoint (None: the final one)
         self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
         self.probe = list(probe)   # linear-evaluation overrides of a probe variant (--set probe.KEY=VALUE)
+        self.suffix = variant_suffix([suite['data'] if suite.get('data_variant') else '', tag])
         # the variant whose pretraining is evaluated: a probe variant's is the untagged run's ('')
         pretrain_tag = tag if pretrain_tag is None else pretrain_tag
         # a row with weights_from evaluates (another part of) that row's pretrained checkpoint
@@ -196,8 +221,9 @@ class Job:
         config = self.pretrain_row['pretrain'][1] if self.kind == 'ssl' else (
             self.row['evaluate'] if self.kind == 'untrained' else self.suite['raw_baseline']['evaluate'])
         return {
-            'method': name + (f' [{self.tag}]' if self.tag else ''),
+            'method': name + self.suffix,
             'kind': self.kind, 'stream': self.stream, 'seed': self.seed, 'split': self.split,
+            'data': self.suite.get('data'),
             'linear_top1_final': pct(linear['final_epoch']['accuracy']['1']),
             'linear_top1_best': pct(linear['best_epoch']['accuracy']['1']),
             'linear_best_epoch': linear['best_epoch']['epoch'],
@@ -267,12 +293,16 @@ def mean_range(values):
 def gain_over_untrained(row, rows, architectures):
     """(linear final, k-NN) top-1 of an SSL row minus those of its own untrained encoder (same
     architecture, stream and seed); None for other rows or when that baseline was not run."""
-    name, _, tag = row['method'].partition(' [')
+    name, _, labels = row['method'].partition(' [')
+    labels = labels.rstrip(']').split(', ') if labels else []
     base = architectures.get(name)
-    twins = {u['method']: u for u in rows if u.get('kind') == 'untrained'
-             and u['stream'] == row['stream'] and u['seed'] == row['seed']}
-    # a probe variant's own untrained row (same probe) when there is one, else the plain one
-    twin = [twins[m] for m in (f'untrained {base} [{tag}', f'untrained {base}') if m in twins][:1]
+    twins = {u['method']: u for u in rows if u.get('kind') == 'untrained' and u['stream'] == row['stream']
+             and u['seed'] == row['seed'] and u.get('data') == row.get('data')}
+    # a variant's own untrained row (same data and probe) when there is one, else the one on the
+    # same data (a data variant's label comes first)
+    on_data = labels[:1] if labels and labels[0] == row.get('data') else []
+    twin = [twins[m] for m in (f'untrained {base}{variant_suffix(labels)}',
+                               f'untrained {base}{variant_suffix(on_data)}') if m in twins][:1]
     if row.get('kind') != 'ssl' or not twin:
         return None
     return (row['linear_top1_final'] - twin[0]['linear_top1_final'], row['knn_top1'] - twin[0]['knn_top1'])
@@ -347,6 +377,9 @@ def build_parser():
     p.add_argument('--eval-epochs', type=int, nargs='+', default=[],
                    help='also evaluate these intermediate pretraining epochs (model selection of the epoch '
                         'count on --split val; checkpoints are saved at their greatest common divisor)')
+    p.add_argument('--data', metavar='VARIANT',
+                   help="run on a data variant of the suite (data_variants, e.g. 'body': other "
+                        "preprocessing of the same splits); rows are labelled [VARIANT]")
     p.add_argument('--tag', default='', help='names a --set variant (folder and method suffix)')
     p.add_argument('--out', help='JSON rows file (default: the suite\'s results[split])')
     p.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
@@ -365,6 +398,9 @@ def main(argv=None):
 
 def run(args):
     suite = load_suite(args.suite)
+    suite.setdefault('data', 'default')
+    if args.data:
+        suite = with_data_variant(suite, args.data)
     if args.split not in suite['splits']:
         raise SuiteError(f'{args.suite}: no split {args.split!r} (has {sorted(suite["splits"])})')
     if args.set and not args.tag:
@@ -450,7 +486,7 @@ def run(args):
             out = ensemble(suite['splits'][args.split]['test_label'],
                            {s: os.path.join(by_stream[s].eval_dir('linear'), 'test_result_final.pkl')
                             for s in ENSEMBLE_STREAMS})
-            ensembles.append({'method': row['method'] + (f' [{args.tag}]' if args.tag else ''),
+            ensembles.append({'method': row['method'] + by_stream['joint'].suffix, 'data': suite['data'],
                               'kind': 'ensemble', 'streams': list(ENSEMBLE_STREAMS), 'seed': seed,
                               'split': args.split, 'weights': [0.6, 0.4, 0.6],
                               'linear_top1_final': round(100 * out['accuracy'][1], 2),
