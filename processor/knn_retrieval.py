@@ -27,6 +27,16 @@ def knn_predict(train_feats, train_labels, test_feats, k, chunk=1024):
     return torch.cat(predictions)
 
 
+def mean_pairwise_cosine(feats):
+    """Mean cosine similarity over all pairs of distinct rows, in O(N d): with unit rows u_i,
+    sum_{i != j} u_i . u_j = |sum_i u_i|^2 - N. Near 1: every clip embeds alike (collapse)."""
+    units = F.normalize(feats.double(), dim=1)
+    n = len(units)
+    if n < 2:
+        return float('nan')
+    return ((units.sum(0).square().sum() - n) / (n * (n - 1))).item()
+
+
 KNN_OPTIONS = {
     'knn_k': Opt([1], (list, int), 'numbers of neighbours to evaluate (one accuracy each)'),
 }
@@ -58,6 +68,10 @@ class KNNRetrieval(Processor):
         train_feats, train_labels = extract_features(self, model, train_set)
         test_feats, test_labels = extract_features(self, model, test_set)
         result, details = {}, {'per_class': {}, 'confusion_matrix': {}}
+        spread = mean_pairwise_cosine(train_feats)
+        self.log(f'Mean pairwise cosine of the {len(train_set)} training features: {spread:.4f} '
+                 f'(1 = every clip embeds alike)')
+        details['train_mean_pairwise_cosine'] = spread
         num_class = max(int(train_labels.max()), int(test_labels.max())) + 1
         names = self.class_names(num_class)
         for k in cfg['knn_k']:

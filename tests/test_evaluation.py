@@ -8,7 +8,7 @@ import torch
 
 from feeder.array_feeder import DataError, SkeletonArrayDataset, balanced_subset
 from processor.evaluation import FinetuneEvaluation, LinearEvaluation, topk_accuracy
-from processor.knn_retrieval import KNNRetrieval, knn_predict
+from processor.knn_retrieval import KNNRetrieval, knn_predict, mean_pairwise_cosine
 from processor.pretrain import PretrainProcessor
 from tests.conftest import TINY_ENCODER, pretrain_argv, write_dataset
 
@@ -28,6 +28,16 @@ def test_knn_predict_hand_made():
     # k=3 for the last query: neighbours 2 (label 2), then two of {0, 1}: cosine order decides
     assert knn_predict(train, labels, test, k=2).tolist()[:2] == [0, 1]
     assert knn_predict(train, labels, test[:1], k=5).tolist() == [0]   # 2 zeros beat 2 ones on similarity
+
+
+def test_mean_pairwise_cosine_equals_the_pairwise_definition():
+    feats = torch.randn(7, 5) + torch.tensor([3.0, 0, 0, 0, 0])
+    units = torch.nn.functional.normalize(feats.double(), dim=1)
+    pairs = [(units[i] @ units[j]).item() for i in range(7) for j in range(7) if i != j]
+    assert mean_pairwise_cosine(feats) == pytest.approx(sum(pairs) / len(pairs), abs=1e-12)
+    assert mean_pairwise_cosine(torch.tensor([[1.0, 2.0]] * 4) * torch.tensor([[1.0], [2.0], [3.0], [9.0]])) == \
+        pytest.approx(1.0)                              # collapsed: one direction, any length
+    assert mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-1.0)
 
 
 def eval_argv(data, work, weights=None, extra=()):
@@ -70,6 +80,9 @@ def test_linear_cached_equals_running_encoder(tiny_data, tmp_path, pretrained):
 def test_knn_and_test_phase(tiny_data, tmp_path, pretrained):
     acc = KNNRetrieval.from_argv(eval_argv(tiny_data, str(tmp_path / 'k'), pretrained, ['--knn_k', '1', '3'])).start()
     assert set(acc) == {1, 3} and all(0 <= v <= 1 for v in acc.values())
+    saved = json.load(open(tmp_path / 'k' / 'knn_results.json'))
+    assert -1.0 <= saved['train_mean_pairwise_cosine'] <= 1.0
+    assert 'Mean pairwise cosine of the' in open(tmp_path / 'k' / 'log.txt').read()
 
 
 def test_finetune_trains_encoder_and_semi_subset(tiny_data, tmp_path, pretrained):

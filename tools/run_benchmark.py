@@ -229,6 +229,8 @@ class Job:
             'linear_best_epoch': linear['best_epoch']['epoch'],
             'linear_top5_final': pct(linear['final_epoch']['accuracy']['5']),
             'knn_top1': pct(knn['k=1']), 'knn5_top1': pct(knn['k=5']),
+            # 1 = every training clip embeds alike (a collapsed encoder)
+            'train_mean_pairwise_cosine': knn.get('train_mean_pairwise_cosine'),
             'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
             'epochs': self.at_epoch or self.epochs, 'device': device_name(), 'config': config,
             'overrides': ' '.join(self.overrides + self.probe), 'commit': commit(), 'work_dir': self.work_dir,
