@@ -28,14 +28,12 @@ from torchlight.registry import ENCODERS, MODELS
 VIEWS = ('crop_pose', 'crop_pose')
 
 
-def add_mlp_head(encoder_q, encoder_k, batch_norm=False):
+def add_mlp_head(encoder_q, encoder_k):
     """Reference `--mlp`: fc -> Sequential(Linear(d, d), ReLU, fc) (keys fc.0, fc.2), the old fc
-    keeping its encoder initialisation; then the key encoder copies the query, frozen.
-    `batch_norm` (our option): Linear -> BatchNorm1d -> ReLU -> fc."""
+    keeping its encoder initialisation; then the key encoder copies the query, frozen."""
     for encoder in (encoder_q, encoder_k):
         width = encoder.fc.weight.shape[1]
-        hidden = [nn.Linear(width, width)] + ([nn.BatchNorm1d(width)] if batch_norm else [])
-        encoder.fc = nn.Sequential(*hidden, nn.ReLU(), encoder.fc)
+        encoder.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(), encoder.fc)
     encoder_k.load_state_dict(encoder_q.state_dict())
     encoder_k.requires_grad_(False)
 
@@ -54,8 +52,7 @@ class ISC(SkeletonCLR):
     views = VIEWS
 
     def __init__(self, base_encoder='isc_gru', pretrain=True, feature_dim=128, queue_size=16384,
-                 momentum=0.999, Temperature=0.07, mlp=True, num_class=60, projector_bn=False,
-                 **encoder_args):
+                 momentum=0.999, Temperature=0.07, mlp=True, num_class=60, **encoder_args):
         super().__init__(base_encoder, pretrain, feature_dim, queue_size, momentum, Temperature,
                          mlp=False, num_class=num_class, key_init='copy', init_weights=False,
                          **encoder_args)
@@ -63,7 +60,7 @@ class ISC(SkeletonCLR):
             nn.init.normal_(self.encoder_q.fc.weight, 0.0, 0.01)
             nn.init.zeros_(self.encoder_q.fc.bias)
         elif mlp:
-            add_mlp_head(self.encoder_q, self.encoder_k, batch_norm=projector_bn)
+            add_mlp_head(self.encoder_q, self.encoder_k)
 
 
 @MODELS.register('isc_inter', aliases=['moco.builder_inter.MoCo', 'net.isc.ISCInter'])
