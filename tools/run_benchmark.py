@@ -13,7 +13,9 @@ killed and started again. `--split val` pre-trains and probes on the suite's val
 (built from the training views only) and writes the validation table; hyper-parameters are
 chosen there (`--set` tries a change to every pretraining config, under a `--tag`; `--set
 probe.KEY=VALUE` a change of the linear probe, on the untagged run's checkpoints), and the
-test split is evaluated once per final config.
+test split is evaluated once per final config. `--data VARIANT` runs a data variant of the suite
+(the same splits preprocessed otherwise, e.g. the NW-UCLA body frame) in its own folders, with
+rows labelled [VARIANT] and paired with the untrained encoder on the same data.
 
 The suite file (YAML) names the data splits, the prepare commands and the rows; see
 config/nw_ucla/benchmark.yaml.
