@@ -29,12 +29,14 @@ def knn_predict(train_feats, train_labels, test_feats, k, chunk=1024):
 
 def mean_pairwise_cosine(feats):
     """Mean cosine similarity over all pairs of distinct rows, in O(N d): with unit rows u_i,
-    sum_{i != j} u_i . u_j = |sum_i u_i|^2 - N. Near 1: every clip embeds alike (collapse)."""
+    sum_{i != j} u_i . u_j = |sum_i u_i|^2 - sum_i |u_i|^2 (an all-zero row counts as cosine 0).
+    Near 1: one component common to all clips dominates the features (a collapsed encoder, or
+    one whose differences between clips are small against a shared offset)."""
     units = F.normalize(feats.double(), dim=1)
     n = len(units)
     if n < 2:
         return float('nan')
-    return ((units.sum(0).square().sum() - n) / (n * (n - 1))).item()
+    return ((units.sum(0).square().sum() - units.square().sum()) / (n * (n - 1))).item()
 
 
 KNN_OPTIONS = {

@@ -38,6 +38,8 @@ def test_mean_pairwise_cosine_equals_the_pairwise_definition():
     assert mean_pairwise_cosine(torch.tensor([[1.0, 2.0]] * 4) * torch.tensor([[1.0], [2.0], [3.0], [9.0]])) == \
         pytest.approx(1.0)                              # collapsed: one direction, any length
     assert mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-1.0)
+    # an all-zero feature has cosine 0 with everything (it must not pull the mean below that)
+    assert mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0]])) == pytest.approx(1 / 3)
 
 
 def eval_argv(data, work, weights=None, extra=()):

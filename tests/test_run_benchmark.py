@@ -116,6 +116,9 @@ def test_runner_resumes_an_interrupted_pretraining(tmp_path):
     (['--split', 'val'], "no split 'val'"),
     (['--rows', 'nosuch'], "unknown row(s) ['nosuch']"),
     (['--set', 'num_epoch=1'], '--set needs a --tag'),
+    (['--set', 'num_epoch=1', '--tag', 'default'], "--tag 'default': use letters"),   # the suite's data name
+    (['--tag', 'a, b]'], "--tag 'a, b]'"),
+    (['--data', 'missing'], "--data: no data variant 'missing'"),
 ])
 def test_runner_bad_arguments_exit_2(tmp_path, capsys, argv, message):
     path, _ = write_suite(tmp_path)
@@ -128,6 +131,20 @@ def test_runner_bad_suite_exit_2(tmp_path, capsys):
     bad.write_text('name: x\nrows: []\n')
     assert run_benchmark.main(['--suite', str(bad)]) == 2
     assert "missing key 'splits'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('variants, message', [
+    ({'test': {'splits': {}}}, "data_variants: 'test' must be a plain name"),      # a split's name
+    ({'a b': {'splits': {}}}, "data_variants: 'a b' must be a plain name"),
+    ({'body': {'splits': {}}}, 'data_variants.body needs splits'),
+    ({'body': {'splits': {'test': {'train_data': 'x'}}}}, 'data_variants.body.splits.test needs train_label'),
+])
+def test_bad_data_variant_names_the_key(tmp_path, capsys, variants, message):
+    path, suite = write_suite(tmp_path)
+    with open(path, 'w') as f:
+        yaml.safe_dump({**suite, 'data_variants': variants}, f)
+    assert run_benchmark.main(['--suite', path, '--dry-run']) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_row_with_weights_from_evaluates_the_source_rows_checkpoint(tmp_path, capsys):
@@ -206,6 +223,9 @@ def test_table_gain_over_untrained_pairs_architecture_stream_and_seed():
     # the gain of a tagged variant is against the same untrained encoder
     tagged = dict(rows[0], method='clr [rot60]')
     assert run_benchmark.gain_over_untrained(tagged, rows, {'clr': 'ST-GCN'}) == (15.0, 2.5)
+    # never against an untrained encoder on other data, even one of the same name
+    other_data = [dict(r, data='other') if r['kind'] == 'untrained' else dict(r, data='mine') for r in rows]
+    assert run_benchmark.gain_over_untrained(other_data[0], other_data, {'clr': 'ST-GCN'}) is None
 
 
 def test_probe_variant_reuses_the_pretraining_and_probes_the_baselines_alike(tmp_path, capsys):

@@ -521,7 +521,6 @@ def aligning_rotations(vectors, target):
     return axis_angle_matrices(axes, angle_to(vectors, target))
 
 
-
 def body_frame(sequence, up, lateral):
     """Rotation (3, 3) whose rows are the body's axes in camera coordinates, one per sequence:
     y along the mean over frames of the `up` bone (joint up[0] -> up[1], e.g. hip centre ->

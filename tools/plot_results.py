@@ -5,6 +5,7 @@ the JSON rows that tools/run_benchmark.py writes; baselines (no pretraining) as 
     python tools/plot_results.py --results docs/results/nw_ucla.json --out docs/results/nw_ucla_time.png
 """
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -21,13 +22,16 @@ def plot(rows, out, title):
     for r in rows:
         if r.get('kind') == 'ensemble':
             continue
-        groups.setdefault((r['method'], r['stream'], r['kind']), []).append(r)
+        groups.setdefault((r['method'], r['stream'], r['kind'], r.get('epochs') or 0), []).append(r)
     fig, ax = plt.subplots(figsize=(11, 5.5))
-    methods = sorted({m for (m, _, k) in groups if k == 'ssl'})
+    methods = sorted({m for (m, _, k, _) in groups if k == 'ssl'})
+    epoch_counts = {}   # several pretraining lengths of one method and stream: say which point is which
+    for (m, stream, k, epochs) in groups:
+        epoch_counts.setdefault((m, stream), set()).add(epochs)
     palette = 10 if len(methods) <= 10 else 20   # distinct colours for up to 20 methods
     colours = plt.get_cmap(f'tab{palette}')
-    baseline_styles = iter(['--', ':', '-.', (0, (5, 1)), (0, (1, 3))] * 4)
-    for (method, stream, kind), rs in sorted(groups.items()):
+    baseline_styles = itertools.cycle(['--', ':', '-.', (0, (5, 1)), (0, (1, 3))])
+    for (method, stream, kind, epochs), rs in sorted(groups.items()):
         acc = [r['linear_top1_final'] for r in rs]
         mean = sum(acc) / len(acc)
         if kind != 'ssl':
@@ -40,7 +44,9 @@ def plot(rows, out, title):
         colour = colours(methods.index(method) % palette)
         ax.errorbar(x, mean, yerr=[[mean - min(acc)], [max(acc) - mean]] if len(acc) > 1 else None,
                     marker=MARKERS.get(stream, 'o'), color=colour, capsize=3, linestyle='none',
-                    label=f'{method}, {stream}' + (f' ({len(acc)} seeds)' if len(acc) > 1 else ''))
+                    label=f'{method}, {stream}'
+                    + (f', {epochs} epochs' if len(epoch_counts[(method, stream)]) > 1 else '')
+                    + (f' ({len(acc)} seeds)' if len(acc) > 1 else ''))
     ax.set_xlim(left=0)
     ax.set_xlabel('pretraining time (minutes, as measured: see each row\'s device)')
     ax.set_ylabel('linear top-1, final epoch (%)')

@@ -75,6 +75,10 @@ def load_suite(path):
         if 'pretrain' in row and not (isinstance(row['pretrain'], list) and len(row['pretrain']) == 2):
             raise SuiteError(f'{path}: rows[{i}].pretrain must be [task, config file]')
     for name, variant in (suite.get('data_variants') or {}).items():
+        if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_-]*', str(name)) or name in suite['splits'] \
+                or name == suite.get('data'):
+            raise SuiteError(f'{path}: data_variants: {name!r} must be a plain name (letters, digits, _ -) '
+                             f'other than a split or the default data')
         if not isinstance(variant, dict) or set(variant.get('splits') or {}) != set(suite['splits']):
             raise SuiteError(f'{path}: data_variants.{name} needs splits {sorted(suite["splits"])} '
                              f'(and optionally prepare)')
@@ -96,7 +100,7 @@ def with_data_variant(suite, name):
     variant's data and prepare steps, a work root of its own, and rows labelled [name]."""
     variants = suite.get('data_variants') or {}
     if name not in variants:
-        raise SuiteError(f'no data variant {name!r} (the suite has {sorted(variants)})')
+        raise SuiteError(f'--data: no data variant {name!r} (the suite has {sorted(variants)})')
     return {**suite, 'splits': variants[name]['splits'], 'prepare': variants[name].get('prepare', {}),
             'work_root': f'{suite["work_root"]}_{name}', 'data': name, 'data_variant': True}
 
@@ -317,12 +321,12 @@ def markdown(rows, ensembles, title, architectures=None):
     SSL row over its untrained encoder."""
     groups = {}
     for r in rows:
-        groups.setdefault((r['method'], r['stream'], r['epochs']), []).append(r)
+        groups.setdefault((r['method'], r['stream'], r['epochs'], r.get('data')), []).append(r)
     lines = [f'## {title}', '',
              '| method | stream | seeds | linear top-1, final | linear top-1, best* | k-NN top-1 (k=1) | '
              'gain over untrained (linear / k-NN) | pretrain epochs | pretrain time |',
              '|---|---|---|---|---|---|---|---|---|']
-    for (method, stream, _), rs in groups.items():
+    for (method, stream, _, _), rs in groups.items():
         secs = [r['pretrain_seconds'] for r in rs if r['pretrain_seconds']]
         time_text = f'{sum(secs) / len(secs) / 60:.0f} min' if secs else '-'
         paired = [(r['seed'], g) for r in rs for g in [gain_over_untrained(r, rows, architectures or {})] if g]
@@ -403,12 +407,16 @@ def main(argv=None):
 def run(args):
     suite = load_suite(args.suite)
     suite.setdefault('data', 'default')
+    data_names = {suite['data'], *(suite.get('data_variants') or {})}
     if args.data:
         suite = with_data_variant(suite, args.data)
     if args.split not in suite['splits']:
         raise SuiteError(f'{args.suite}: no split {args.split!r} (has {sorted(suite["splits"])})')
     if args.set and not args.tag:
         raise SuiteError('--set needs a --tag naming the variant')
+    if args.tag in data_names or not re.fullmatch(r'[A-Za-z0-9_.-]*', args.tag):
+        raise SuiteError(f'--tag {args.tag!r}: use letters, digits and _ . - and not the name of the '
+                         f'suite\'s data ({sorted(data_names)})')
     overrides, probe = [], []
     for item in args.set:
         if '=' not in item:
