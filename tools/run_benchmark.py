@@ -64,10 +64,7 @@ def load_suite(path):
     for key in ('name', 'splits', 'rows', 'work_root'):
         if key not in suite:
             raise SuiteError(f'{path}: missing key {key!r}')
-    for split, paths in suite['splits'].items():
-        for key in ('train_data', 'train_label', 'test_data', 'test_label'):
-            if key not in (paths or {}):
-                raise SuiteError(f'{path}: splits.{split} needs {key}')
+    check_split_paths(path, 'splits', suite['splits'])
     for i, row in enumerate(suite['rows']):
         for key in ('method', 'evaluate'):
             if key not in row:
@@ -82,10 +79,7 @@ def load_suite(path):
         if not isinstance(variant, dict) or set(variant.get('splits') or {}) != set(suite['splits']):
             raise SuiteError(f'{path}: data_variants.{name} needs splits {sorted(suite["splits"])} '
                              f'(and optionally prepare)')
-        for split, paths in variant['splits'].items():
-            for key in ('train_data', 'train_label', 'test_data', 'test_label'):
-                if key not in (paths or {}):
-                    raise SuiteError(f'{path}: data_variants.{name}.splits.{split} needs {key}')
+        check_split_paths(path, f'data_variants.{name}.splits', variant['splits'])
     methods = {row['method']: row for row in suite['rows']}
     for i, row in enumerate(suite['rows']):
         source = row.get('weights_from')
@@ -93,6 +87,14 @@ def load_suite(path):
             raise SuiteError(f'{path}: rows[{i}].weights_from must name a row with its own pretrain '
                              f'(and the row none): got {source!r}')
     return suite
+
+
+def check_split_paths(path, where, splits):
+    """Every split of a suite (or of one of its data variants) names its four files."""
+    for split, paths in splits.items():
+        for key in ('train_data', 'train_label', 'test_data', 'test_label'):
+            if key not in (paths or {}):
+                raise SuiteError(f'{path}: {where}.{split} needs {key}')
 
 
 def with_data_variant(suite, name):
