@@ -182,6 +182,7 @@ def test_shipped_suites_name_existing_configs():
         files = [suite['raw_baseline']['evaluate']] if 'raw_baseline' in suite else []
         for row in suite['rows']:
             files += [row['evaluate']] + ([row['pretrain'][1]] if 'pretrain' in row else [])
+            files += [row['supervised']] if 'supervised' in row else []
         for f in files:
             assert os.path.isfile(os.path.join(run_benchmark.ROOT, f)), f'{path}: {f} missing'
         assert set(suite['results']) == set(suite['splits'])
@@ -318,3 +319,39 @@ def test_data_variant_runs_on_its_own_data_and_pairs_gains_on_the_same_data(tmp_
     capsys.readouterr()
     assert run_benchmark.main(['--suite', path, '--data', 'missing']) == 2
     assert "no data variant 'missing'" in capsys.readouterr().err
+
+
+def test_supervised_reference_trains_the_encoder_with_labels_once(tmp_path, capsys):
+    path, suite = write_suite(tmp_path)
+    linear = yaml.safe_load(open(suite['rows'][0]['evaluate']))
+    supervised = {**linear, 'num_epoch': 2, 'base_lr': 0.05, 'eval_interval': 1, 'bn_mode': 'train'}
+    supervised.pop('ignore_weights')
+    supervised_path = str(tmp_path / 'supervised.yaml')
+    with open(supervised_path, 'w') as f:
+        yaml.safe_dump(supervised, f)
+    suite['rows'][0]['supervised'] = supervised_path
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    assert run_benchmark.main(['--suite', path, '--baselines', 'only']) == 0
+    rows = {r['method']: r for r in json.load(open(suite['results']['test']))}
+    ref = rows['supervised skeletonclr']
+    assert ref['kind'] == 'supervised' and ref['knn_top1'] is None and ref['pretrain_seconds'] == 0
+    out = json.load(open(os.path.join(ref['work_dir'], 'finetune', 'results.json')))
+    assert ref['linear_top1_final'] == round(100 * out['final_epoch']['accuracy']['1'], 2)
+    # it read the labels of the training split, from scratch (no weights)
+    cfg = yaml.safe_load(open(os.path.join(ref['work_dir'], 'finetune', 'config.yaml')))
+    assert cfg['train_feeder_args']['label_path'] == suite['splits']['test']['train_label']
+    assert cfg.get('weights') is None
+    table = open(suite['results']['test'].replace('.json', '.md')).read()
+    assert '| supervised skeletonclr | joint | 0 |' in table
+    # a probe variant probes frozen encoders only: no second supervised run
+    capsys.readouterr()
+    assert run_benchmark.main(['--suite', path, '--baselines', 'only', '--tag', 'p',
+                               '--set', 'probe.base_lr=0.1', '--dry-run']) == 0
+    assert 'finetune_evaluation' not in capsys.readouterr().out
+    # a supervised entry that is not a file name is refused with the key named
+    suite['rows'][0]['supervised'] = ['x']
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    assert run_benchmark.main(['--suite', path]) == 2
+    assert 'rows[0].supervised must be a config file' in capsys.readouterr().err

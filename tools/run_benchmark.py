@@ -71,6 +71,8 @@ def load_suite(path):
                 raise SuiteError(f'{path}: rows[{i}] needs {key!r}')
         if 'pretrain' in row and not (isinstance(row['pretrain'], list) and len(row['pretrain']) == 2):
             raise SuiteError(f'{path}: rows[{i}].pretrain must be [task, config file]')
+        if 'supervised' in row and not isinstance(row['supervised'], str):
+            raise SuiteError(f'{path}: rows[{i}].supervised must be a config file (finetune_evaluation)')
     for name, variant in (suite.get('data_variants') or {}).items():
         if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_-]*', str(name)) or name in suite['splits'] \
                 or name == suite.get('data'):
@@ -138,7 +140,8 @@ class Job:
             self.source = Job(suite, source_row, stream, seed, split, tag, overrides, kind, at_epoch,
                               pretrain_tag=pretrain_tag)
         self.pretrain_row = self.source.row if self.source else row
-        folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords'}[kind]
+        folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords',
+                  'supervised': f'supervised_{row["method"]}'}[kind]
         root = suite['work_root'] + ('' if split == 'test' else f'_{split}')
         self.work_dir = os.path.join(root, folder + (f'_{tag}' if tag else ''), stream, f'seed{seed}')
         self._pretrain_dir = os.path.join(root, folder + (f'_{pretrain_tag}' if pretrain_tag else ''), stream,
@@ -178,6 +181,10 @@ class Job:
         main = [sys.executable, 'main.py']
         paths = self.suite['splits'][self.split]
         out = []
+        if self.kind == 'supervised':   # the encoder trained from scratch with the labels: a reference, not SSL
+            return [('finetune', os.path.join(self.eval_dir('finetune'), 'results.json'),
+                     main + ['finetune_evaluation', '--config', self.row['supervised'], '--work_dir',
+                             self.eval_dir('finetune')] + self.data + self.common + self.redo)]
         weights = ['--weights', 'null']
         if self.at_epoch:   # the pretraining stage belongs to the final-epoch job
             weights = ['--weights', os.path.join(self.pretrain_dir(), f'epoch{self.at_epoch}_model.pt')]
@@ -220,14 +227,17 @@ class Job:
         return round(sum(times.values()), 1) if times else None
 
     def result(self):
-        linear = json.load(open(os.path.join(self.eval_dir('linear'), 'results.json')))
-        knn = json.load(open(os.path.join(self.eval_dir('knn'), 'knn_results.json')))
-        pct = lambda v: round(100 * v, 2)
-        name = self.row['method'] if self.kind == 'ssl' else (
-            f'untrained {self.row.get("architecture", self.row["method"])}' if self.kind == 'untrained'
-            else 'raw coordinates')
-        config = self.pretrain_row['pretrain'][1] if self.kind == 'ssl' else (
-            self.row['evaluate'] if self.kind == 'untrained' else self.suite['raw_baseline']['evaluate'])
+        supervised = self.kind == 'supervised'
+        linear = json.load(open(os.path.join(self.eval_dir('finetune' if supervised else 'linear'), 'results.json')))
+        # the supervised reference has no k-NN (its saved model is the test-selected best epoch)
+        knn = {} if supervised else json.load(open(os.path.join(self.eval_dir('knn'), 'knn_results.json')))
+        pct = lambda v: None if v is None else round(100 * v, 2)
+        architecture = self.row.get('architecture', self.row['method'])
+        name = {'ssl': self.row['method'], 'untrained': f'untrained {architecture}',
+                'supervised': f'supervised {architecture}', 'raw': 'raw coordinates'}[self.kind]
+        config = {'ssl': lambda: self.pretrain_row['pretrain'][1], 'untrained': lambda: self.row['evaluate'],
+                  'supervised': lambda: self.row['supervised'],
+                  'raw': lambda: self.suite['raw_baseline']['evaluate']}[self.kind]()
         return {
             'method': name + self.suffix,
             'kind': self.kind, 'stream': self.stream, 'seed': self.seed, 'split': self.split,
@@ -236,7 +246,7 @@ class Job:
             'linear_top1_best': pct(linear['best_epoch']['accuracy']['1']),
             'linear_best_epoch': linear['best_epoch']['epoch'],
             'linear_top5_final': pct(linear['final_epoch']['accuracy']['5']),
-            'knn_top1': pct(knn['k=1']), 'knn5_top1': pct(knn['k=5']),
+            'knn_top1': pct(knn.get('k=1')), 'knn5_top1': pct(knn.get('k=5')),
             # 1 = every training clip embeds alike (a collapsed encoder)
             'train_mean_pairwise_cosine': knn.get('train_mean_pairwise_cosine'),
             'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
@@ -453,12 +463,16 @@ def run(args):
                 # no baselines for a pretraining variant; a probe variant's get its probe (and its tag)
                 if args.baselines != 'no' and not pretrain_tag and row.get('untrained_baseline', True):
                     jobs.append(Job(suite, row, stream, seed, args.split, args.tag, [], 'untrained', probe=probe))
+                # the supervised reference does not use the probe, so probe variants do not repeat it
+                if args.baselines != 'no' and not args.tag and row.get('supervised'):
+                    jobs.append(Job(suite, row, stream, seed, args.split, '', [], 'supervised'))
     if args.baselines != 'no' and not pretrain_tag and 'raw_baseline' in suite:
         jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, args.tag, [], 'raw', probe=probe))
     # one untrained row per architecture and stream: rows sharing an evaluate file share it
     seen, unique = set(), []
     for job in jobs:
-        ident = (job.kind, job.row['evaluate'] if job.kind == 'untrained' else id(job), job.stream, job.seed)
+        shared = {'untrained': job.row.get('evaluate'), 'supervised': job.row.get('supervised')}
+        ident = (job.kind, shared.get(job.kind) or id(job), job.stream, job.seed)
         if ident not in seen:
             seen.add(ident)
             unique.append(job)
