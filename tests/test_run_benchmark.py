@@ -355,3 +355,19 @@ def test_supervised_reference_trains_the_encoder_with_labels_once(tmp_path, caps
         yaml.safe_dump(suite, f)
     assert run_benchmark.main(['--suite', path]) == 2
     assert 'rows[0].supervised must be a config file' in capsys.readouterr().err
+
+
+def test_all_prefix_changes_every_stage_so_a_wider_encoder_is_probed(tmp_path, capsys):
+    path, suite = write_suite(tmp_path)
+    width = ['all.model_args.hidden_channels=4', 'all.model_args.hidden_dim=16']
+    argv = ['--suite', path, '--baselines', 'no', '--tag', 'w4', '--set', 'num_epoch=1'] + width
+    assert run_benchmark.main(argv + ['--dry-run']) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 3 and all('--model_args.hidden_channels 4' in c for c in commands)
+    assert sum('--num_epoch 1' in c for c in commands) == 1   # a plain key: the pretraining only
+    # the probe and the k-NN build the same wider encoder, so the checkpoint loads and the row lands
+    assert run_benchmark.main(argv) == 0
+    row = {r['method']: r for r in json.load(open(suite['results']['test']))}['skeletonclr [w4]']
+    assert '--model_args.hidden_channels 4' in row['overrides'] and row['epochs'] == 1
+    cfg = yaml.safe_load(open(os.path.join(row['work_dir'], 'linear', 'config.yaml')))
+    assert cfg['model_args']['hidden_channels'] == 4

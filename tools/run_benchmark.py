@@ -12,7 +12,8 @@ interrupted pretraining continues from its last epoch (`--resume auto`), so the 
 killed and started again. `--split val` pre-trains and probes on the suite's validation split
 (built from the training views only) and writes the validation table; hyper-parameters are
 chosen there (`--set` tries a change to every pretraining config, under a `--tag`; `--set
-probe.KEY=VALUE` a change of the linear probe, on the untagged run's checkpoints), and the
+probe.KEY=VALUE` a change of the linear probe, on the untagged run's checkpoints; `--set
+all.KEY=VALUE` a change of every stage, e.g. the encoder's width), and the
 test split is evaluated once per final config. `--data VARIANT` runs a data variant of the suite
 (the same splits preprocessed otherwise, e.g. the NW-UCLA body frame) in its own folders, with
 rows labelled [VARIANT] and paired with the untrained encoder on the same data.
@@ -125,11 +126,12 @@ class Job:
     """One (row, stream, seed) of a suite on one split: its commands, folders and results."""
 
     def __init__(self, suite, row, stream, seed, split, tag, overrides, kind, at_epoch=None, probe=(),
-                 pretrain_tag=None):
+                 pretrain_tag=None, shared=()):
         self.suite, self.row, self.stream, self.seed = suite, row, stream, seed
         self.at_epoch = at_epoch   # evaluate this intermediate checkpoint (None: the final one)
         self.split, self.tag, self.overrides, self.kind = split, tag, overrides, kind
         self.probe = list(probe)   # linear-evaluation overrides of a probe variant (--set probe.KEY=VALUE)
+        self.shared = list(shared)   # overrides of every stage, e.g. the encoder's width (--set all.KEY=VALUE)
         self.suffix = variant_suffix([suite['data'] if suite.get('data_variant') else '', tag])
         # the variant whose pretraining is evaluated: a probe variant's is the untagged run's ('')
         pretrain_tag = tag if pretrain_tag is None else pretrain_tag
@@ -138,7 +140,7 @@ class Job:
         if kind == 'ssl' and row.get('weights_from'):
             source_row = next(r for r in suite['rows'] if r['method'] == row['weights_from'])
             self.source = Job(suite, source_row, stream, seed, split, tag, overrides, kind, at_epoch,
-                              pretrain_tag=pretrain_tag)
+                              pretrain_tag=pretrain_tag, shared=shared)
         self.pretrain_row = self.source.row if self.source else row
         folder = {'ssl': row['method'], 'untrained': f'untrained_{row["method"]}', 'raw': 'raw_coords',
                   'supervised': f'supervised_{row["method"]}'}[kind]
@@ -194,7 +196,8 @@ class Job:
             out.append(('pretrain', self.final_checkpoint(),
                         main + [task, '--config', config, '--work_dir', self.pretrain_dir(), '--resume', 'auto',
                                 '--train_feeder_args.data_path', paths['train_data'],
-                                '--train_feeder_args.label_path', 'null'] + self.common + self.overrides))
+                                '--train_feeder_args.label_path', 'null'] + self.common + self.overrides
+                        + self.shared))
             weights = ['--weights', self.final_checkpoint()]
         extra = list(self.row.get('evaluate_args', []))
         if self.kind == 'untrained':   # random weights, batch-norm statistics of the training clips
@@ -205,10 +208,11 @@ class Job:
         out.append(('linear', os.path.join(self.eval_dir('linear'), 'results.json'),
                     main + ['linear_evaluation', '--config', config, '--work_dir',
                             self.eval_dir('linear')] + weights + self.data + self.common + self.redo + extra
-                    + self.probe))
+                    + self.shared + self.probe))
         out.append(('knn', os.path.join(self.eval_dir('knn'), 'knn_results.json'),
                     main + ['knn_retrieval', '--config', config, '--work_dir', self.eval_dir('knn'),
-                            '--knn_k', '1', '5'] + weights + self.data + self.common + self.redo + extra))
+                            '--knn_k', '1', '5'] + weights + self.data + self.common + self.redo + extra
+                    + self.shared))
         return out
 
     # ----------------------------------------------------------------- results
@@ -251,7 +255,7 @@ class Job:
             'train_mean_pairwise_cosine': knn.get('train_mean_pairwise_cosine'),
             'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
             'epochs': self.at_epoch or self.epochs, 'device': device_name(), 'config': config,
-            'overrides': ' '.join(self.overrides + self.probe), 'commit': commit(), 'work_dir': self.work_dir,
+            'overrides': ' '.join(self.overrides + self.shared + self.probe), 'commit': commit(), 'work_dir': self.work_dir,
         }
 
 
@@ -393,7 +397,9 @@ def build_parser():
     p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override pretraining options (e.g. model_args.queue_size=128), or, as probe.KEY=VALUE, '
                         'options of the linear evaluation (e.g. probe.standardize_features=true: the untagged '
-                        'run\'s pretraining is evaluated, and the baselines get the same probe); needs --tag')
+                        'run\'s pretraining is evaluated, and the baselines get the same probe), or, as all.KEY=VALUE, '
+                        'options of every stage (e.g. all.model_args.hidden_channels=32: pretraining, probe and '
+                        'k-NN build the same encoder); needs --tag')
     p.add_argument('--eval-epochs', type=int, nargs='+', default=[],
                    help='also evaluate these intermediate pretraining epochs (model selection of the epoch '
                         'count on --split val; checkpoints are saved at their greatest common divisor)')
@@ -429,17 +435,19 @@ def run(args):
     if args.tag in data_names or not re.fullmatch(r'[A-Za-z0-9_.-]*', args.tag):
         raise SuiteError(f'--tag {args.tag!r}: use letters, digits and _ . - and not the name of the '
                          f'suite\'s data ({sorted(data_names)})')
-    overrides, probe = [], []
+    overrides, probe, shared = [], [], []
     for item in args.set:
         if '=' not in item:
             raise SuiteError(f'--set {item!r}: expected KEY=VALUE')
         key, value = item.split('=', 1)
         if key.startswith('probe.'):   # a linear-evaluation option: the pretraining is not touched
             probe += [f'--{key[len("probe."):]}', value]
+        elif key.startswith('all.'):   # every stage, e.g. an encoder's width that the probe must match
+            shared += [f'--{key[len("all."):]}', value]
         else:
             overrides += [f'--{key}', value]
     # a variant that changes the pretraining has its own; the untagged run and probe variants share one
-    pretrain_tag = args.tag if overrides else ''
+    pretrain_tag = args.tag if overrides or shared else ''
     if args.eval_epochs:
         overrides += ['--save_interval', str(functools.reduce(math.gcd, args.eval_epochs))]
     rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
@@ -455,16 +463,17 @@ def run(args):
             for seed in seeds:
                 if args.baselines != 'only':
                     final = Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', probe=probe,
-                                pretrain_tag=pretrain_tag)
+                                pretrain_tag=pretrain_tag, shared=shared)
                     jobs.append(final)
                     jobs += [Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', at_epoch=e,
-                                 probe=probe, pretrain_tag=pretrain_tag)
+                                 probe=probe, pretrain_tag=pretrain_tag, shared=shared)
                              for e in sorted(set(args.eval_epochs)) if e < final.epochs]
                 # no baselines for a pretraining variant; a probe variant's get its probe (and its tag)
                 if args.baselines != 'no' and not pretrain_tag and row.get('untrained_baseline', True):
                     jobs.append(Job(suite, row, stream, seed, args.split, args.tag, [], 'untrained', probe=probe))
-                # the supervised reference does not use the probe, so probe variants do not repeat it
-                if args.baselines != 'no' and not args.tag and row.get('supervised'):
+                # the supervised reference does not use the probe, so probe variants do not repeat it;
+                # one stream (joint) as the reference point, not a third training per row
+                if args.baselines != 'no' and not args.tag and row.get('supervised') and stream == 'joint':
                     jobs.append(Job(suite, row, stream, seed, args.split, '', [], 'supervised'))
     if args.baselines != 'no' and not pretrain_tag and 'raw_baseline' in suite:
         jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, args.tag, [], 'raw', probe=probe))
