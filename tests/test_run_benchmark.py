@@ -371,3 +371,9 @@ def test_all_prefix_changes_every_stage_so_a_wider_encoder_is_probed(tmp_path, c
     assert '--model_args.hidden_channels 4' in row['overrides'] and row['epochs'] == 1
     cfg = yaml.safe_load(open(os.path.join(row['work_dir'], 'linear', 'config.yaml')))
     assert cfg['model_args']['hidden_channels'] == 4
+
+
+def test_mean_range_text():
+    assert run_benchmark.mean_range([70.0, 72.0, None]) == '71.0 (70.0-72.0)'
+    assert run_benchmark.mean_range([79.31, 79.31]) == '79.3'   # identical over seeds: no range
+    assert run_benchmark.mean_range([None]) == '-'

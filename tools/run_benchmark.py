@@ -309,7 +309,7 @@ def mean_range(values):
     if not values:
         return '-'
     mean = sum(values) / len(values)
-    if len(values) == 1:
+    if len(values) == 1 or min(values) == max(values):   # e.g. the k-NN of raw coordinates over probe seeds
         return f'{mean:.1f}'
     return f'{mean:.1f} ({min(values):.1f}-{max(values):.1f})'
 
@@ -343,6 +343,7 @@ def markdown(rows, ensembles, title, architectures=None):
              'gain over untrained (linear / k-NN) | pretrain epochs | pretrain time |',
              '|---|---|---|---|---|---|---|---|---|']
     for (method, stream, _, _), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r['seed'])
         secs = [r['pretrain_seconds'] for r in rs if r['pretrain_seconds']]
         time_text = f'{sum(secs) / len(secs) / 60:.0f} min' if secs else '-'
         paired = [(r['seed'], g) for r in rs for g in [gain_over_untrained(r, rows, architectures or {})] if g]
