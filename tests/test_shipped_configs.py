@@ -32,7 +32,7 @@ def task_of(path, raw):
         return 'pretrain_' + MODELS.canonical(raw['model'])
     if 'linear_eval' in parts or name.startswith('linear') or name.endswith('_stage2.yaml'):
         return 'linear_evaluation'
-    if {'finetune', 'semi'} & set(parts) or name.startswith(('finetune', 'semi')):
+    if {'finetune', 'semi'} & set(parts) or name.startswith(('finetune', 'semi', 'supervised')):
         return 'finetune_evaluation'
     if 'knn' in name:
         return 'knn_retrieval'
