@@ -181,12 +181,12 @@ class Job:
     def stages(self):
         """[(name, done-marker file, argv)] in order."""
         main = [sys.executable, 'main.py']
-        paths = self.suite['splits'][self.split]
-        out = []
         if self.kind == 'supervised':   # the encoder trained from scratch with the labels: a reference, not SSL
             return [('finetune', os.path.join(self.eval_dir('finetune'), 'results.json'),
                      main + ['finetune_evaluation', '--config', self.row['supervised'], '--work_dir',
                              self.eval_dir('finetune')] + self.data + self.common + self.redo)]
+        paths = self.suite['splits'][self.split]
+        out = []
         weights = ['--weights', 'null']
         if self.at_epoch:   # the pretraining stage belongs to the final-epoch job
             weights = ['--weights', os.path.join(self.pretrain_dir(), f'epoch{self.at_epoch}_model.pt')]
@@ -478,11 +478,12 @@ def run(args):
                     jobs.append(Job(suite, row, stream, seed, args.split, '', [], 'supervised'))
     if args.baselines != 'no' and not pretrain_tag and 'raw_baseline' in suite:
         jobs.append(Job(suite, {'method': 'raw'}, 'joint', seeds[0], args.split, args.tag, [], 'raw', probe=probe))
-    # one untrained row per architecture and stream: rows sharing an evaluate file share it
+    # one untrained (supervised) row per architecture and stream: rows sharing its file share it
     seen, unique = set(), []
     for job in jobs:
-        shared = {'untrained': job.row.get('evaluate'), 'supervised': job.row.get('supervised')}
-        ident = (job.kind, shared.get(job.kind) or id(job), job.stream, job.seed)
+        # the file that defines a baseline's run: rows naming the same one share it
+        run_file = {'untrained': job.row.get('evaluate'), 'supervised': job.row.get('supervised')}.get(job.kind)
+        ident = (job.kind, run_file or id(job), job.stream, job.seed)
         if ident not in seen:
             seen.add(ident)
             unique.append(job)
