@@ -64,13 +64,14 @@ class SkeletonArrayDataset(Dataset):
     chunks) for NaN/inf.
     `num_frame_path`: an int .npy (N,) of true frame counts (ISC/HiCo data, padded cyclically);
     the crop views use it. `l_ratio` / `input_size` are the ISC/HiCo crop keys (MAMP's p_interval /
-    window_size), `random_rot` (true or an angle) MAMP's rotation after the crop.
+    window_size), `corrupt_joints` how many joints the ISC/HiCo joint corruption picks (15),
+    `random_rot` (true or an angle) MAMP's rotation after the crop.
     """
 
     def __init__(self, data_path, label_path=None, mmap=True, label_percent=1.0, subset_seed=0,
                  check_finite=True, shear_amplitude=None, temperal_padding_ratio=None,
                  aug_method=None, blur_normalized=None, layout=None, view_rotation=None, num_frame_path=None,
-                 l_ratio=None, input_size=None, min_crop=None, random_rot=None, window_size=-1, debug=False,
+                 l_ratio=None, input_size=None, min_crop=None, corrupt_joints=None, random_rot=None, window_size=-1, debug=False,
                  aug_order=None, subset_rule='balanced'):
         self.data = load_npy(data_path, mmap=mmap, what='data file')
         if self.data.ndim != 5:
@@ -99,6 +100,7 @@ class SkeletonArrayDataset(Dataset):
         given = dict(shear_amplitude=shear_amplitude, temperal_padding_ratio=temperal_padding_ratio,
                      aug_method=aug_method, blur_normalized=blur_normalized, layout=layout,
                      view_rotation=view_rotation, l_ratio=l_ratio, input_size=input_size, min_crop=min_crop,
+                     corrupt_joints=corrupt_joints,
                      random_rot=random_rot, aug_order=aug_order)
         self.view_args = {k: v for k, v in given.items() if v is not None}
         try:

@@ -112,9 +112,11 @@ def apply_pose(x, maps):
     return torch.einsum('nvij,njtvm->nitvm', maps.to(device=x.device, dtype=x.dtype), x)
 
 
-def crop_pose_view(x, lengths, gen, l_ratio=(0.1, 1.0), input_size=64, min_length=MIN_CROP):
-    """The ISC / HiCo pretraining view: random crop-resize, then shear or joint corruption."""
+def crop_pose_view(x, lengths, gen, l_ratio=(0.1, 1.0), input_size=64, min_length=MIN_CROP,
+                   corrupt_joints=CORRUPT_JOINTS):
+    """The ISC / HiCo pretraining view: random crop-resize, then shear or joint corruption
+    (of `corrupt_joints` joints: the reference's 15 are 60 % of NTU's 25, 75 % of NW-UCLA's 20)."""
     check_lengths(x, lengths)
     params = draw_random_crop(lengths, gen, l_ratio, min_length)
-    maps = draw_pose(x.shape[0], gen, x.shape[3])
+    maps = draw_pose(x.shape[0], gen, x.shape[3], corrupt_joints)
     return apply_pose(apply_crop_resize(x, params, input_size), maps)

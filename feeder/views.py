@@ -28,7 +28,8 @@ def make_views(x, kinds, gen, view_args, lengths=None):
         elif kind == 'crop_pose':
             views.append(crop_resize.crop_pose_view(
                 x, lengths, gen, view_args.get('l_ratio', (0.1, 1.0)), view_args.get('input_size', 64),
-                view_args.get('min_crop', crop_resize.MIN_CROP)))
+                view_args.get('min_crop', crop_resize.MIN_CROP),
+                view_args.get('corrupt_joints', crop_resize.CORRUPT_JOINTS)))
         elif kind == 'crop_resize':   # one l_ratio entry: the centre crop (MAMP p_interval [0.95])
             ratio = view_args.get('l_ratio', (0.5, 1.0))
             floor = view_args.get('min_crop', crop_resize.MIN_CROP)
@@ -121,6 +122,9 @@ def check_view_args(view_args, where):
     floor = view_args.get('min_crop')
     if floor is not None and (not isinstance(floor, int) or floor < 1):
         raise ValueError(f'{where}.min_crop must be a positive integer, got {floor!r}')
+    corrupt = view_args.get('corrupt_joints')
+    if corrupt is not None and (not isinstance(corrupt, int) or isinstance(corrupt, bool) or corrupt < 0):
+        raise ValueError(f'{where}.corrupt_joints must be a non-negative integer, got {corrupt!r}')
     size = view_args.get('input_size')
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f'{where}.input_size must be a positive integer, got {size!r}')

@@ -127,6 +127,31 @@ def test_crop_pose_view_and_seed_reproducibility():
     torch.testing.assert_close(a[0], cr.apply_pose(cr.apply_crop_resize(x, crop, 64), maps))
 
 
+def test_corrupt_joints_sets_how_many_joints_the_corruption_picks():
+    """`corrupt_joints` (feeder key): 12 of NW-UCLA's 20 joints keeps the reference's 60 % of 25."""
+    x = clips(n=64, t=40, v=20, m=1)
+    lengths = torch.full((64,), 40)
+    args = {'l_ratio': [1.0, 1.0], 'input_size': 40, 'corrupt_joints': 12}
+    view = make_views(x, ('crop_pose',), torch.Generator().manual_seed(3), args, lengths)[0]
+    gen = torch.Generator().manual_seed(3)
+    crop = cr.draw_random_crop(lengths, gen, (1.0, 1.0))
+    maps = cr.draw_pose(64, gen, 20, 12)
+    torch.testing.assert_close(view, cr.apply_pose(cr.apply_crop_resize(x, crop, 40), maps))
+    eye = torch.eye(3)
+    changed = (~torch.isclose(maps, eye).all(dim=(2, 3))).sum(dim=1)
+    shear = changed == 20
+    assert 10 < int((~shear).sum()) < 54 and (changed[~shear] == 12).all()
+    # the default is the reference's 15, which a 20-joint clip also allows
+    default = make_views(x, ('crop_pose',), torch.Generator().manual_seed(3), {**args, 'corrupt_joints': 15}, lengths)[0]
+    assert torch.equal(default, make_views(x, ('crop_pose',), torch.Generator().manual_seed(3),
+                                           {'l_ratio': [1.0, 1.0], 'input_size': 40}, lengths)[0])
+    with pytest.raises(ValueError, match='picks 21 joints, the clips have only 20'):
+        make_views(x, ('crop_pose',), torch.Generator().manual_seed(3), {**args, 'corrupt_joints': 21}, lengths)
+    with pytest.raises(ValueError, match='corrupt_joints must be a non-negative integer'):
+        from feeder.views import check_view_args
+        check_view_args({'corrupt_joints': 1.5}, 'train_feeder_args')
+
+
 def test_lengths_default_to_the_last_non_empty_frame():
     x = clips(n=3, t=30)
     x[0, :, 20:] = 0
