@@ -377,3 +377,26 @@ def test_mean_range_text():
     assert run_benchmark.mean_range([70.0, 72.0, None]) == '71.0 (70.0-72.0)'
     assert run_benchmark.mean_range([79.31, 79.31]) == '79.3'   # identical over seeds: no range
     assert run_benchmark.mean_range([None]) == '-'
+
+
+def test_untrained_encoders_get_their_own_three_stream_ensemble(tmp_path, capsys):
+    """With all three streams of the untrained encoder evaluated, the runner fuses them like the
+    self-supervised ones (the ensemble's baseline): same weights, same score files."""
+    from tools.ensemble import ensemble
+    path, suite = write_suite(tmp_path)
+    suite['rows'][0].update({'streams': ['joint', 'motion', 'bone'], 'ensemble': True, 'architecture': 'tiny ST-GCN'})
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    assert run_benchmark.main(['--suite', path, '--baselines', 'only']) == 0
+    rows = json.load(open(suite['results']['test']))
+    fused = [r for r in rows if r['kind'] == 'ensemble']
+    assert [r['method'] for r in fused] == ['untrained tiny ST-GCN']   # no SSL run, so no SSL ensemble
+    untrained = {r['stream']: r for r in rows if r['kind'] == 'untrained'}
+    assert fused[0]['per_stream_top1'] == {s: untrained[s]['linear_top1_final'] for s in ('joint', 'motion', 'bone')}
+    expected = ensemble(suite['splits']['test']['test_label'],
+                        {s: os.path.join(untrained[s]['work_dir'], 'linear', 'test_result_final.pkl')
+                         for s in ('joint', 'motion', 'bone')})
+    assert fused[0]['linear_top1_final'] == round(100 * expected['accuracy'][1], 2)
+    assert fused[0]['weights'] == [0.6, 0.4, 0.6] and fused[0]['seed'] == 0
+    assert '| untrained tiny ST-GCN | ensemble (joint+motion+bone) | 0 |' in \
+        open(suite['results']['test'].replace('.json', '.md')).read()

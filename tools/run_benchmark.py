@@ -24,6 +24,7 @@ config/nw_ucla/benchmark.yaml.
 import argparse
 import datetime
 import functools
+import itertools
 import json
 import math
 import os
@@ -517,15 +518,17 @@ def run(args):
     for row in rows:
         if not row.get('ensemble'):
             continue
-        for seed in seeds:
+        # the untrained encoder's ensemble is the baseline of the self-supervised one
+        for seed, kind in itertools.product(seeds, ('ssl', 'untrained')):
             by_stream = {j.stream: j for j in jobs
-                         if j.row is row and j.kind == 'ssl' and j.seed == seed and not j.at_epoch}
+                         if j.row is row and j.kind == kind and j.seed == seed and not j.at_epoch}
             if not all(s in by_stream for s in ENSEMBLE_STREAMS):
                 continue
             out = ensemble(suite['splits'][args.split]['test_label'],
                            {s: os.path.join(by_stream[s].eval_dir('linear'), 'test_result_final.pkl')
                             for s in ENSEMBLE_STREAMS})
-            ensembles.append({'method': row['method'] + by_stream['joint'].suffix, 'data': suite['data'],
+            name = row['method'] if kind == 'ssl' else f'untrained {row.get("architecture", row["method"])}'
+            ensembles.append({'method': name + by_stream['joint'].suffix, 'data': suite['data'],
                               'kind': 'ensemble', 'streams': list(ENSEMBLE_STREAMS), 'seed': seed,
                               'split': args.split, 'weights': [0.6, 0.4, 0.6],
                               'linear_top1_final': round(100 * out['accuracy'][1], 2),
