@@ -90,7 +90,7 @@ def apply_crop_resize(x, params, out=64):
 def draw_pose(n, gen, num_joints, corrupt_joints=CORRUPT_JOINTS):
     """(n, V, 3, 3) per-joint coordinate maps of the reference 'shear or joint corruption' step."""
     if num_joints < corrupt_joints:
-        raise ValueError(f'joint corruption picks {corrupt_joints} joints, the clips have only {num_joints}')
+        raise ValueError(f'corrupt_joints: joint corruption picks {corrupt_joints} joints, the clips have only {num_joints}')
     shear = torch.rand(n, generator=gen) < 0.5
     off = torch.rand(n, 6, generator=gen, dtype=torch.float64) * 2 - 1
     s = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)

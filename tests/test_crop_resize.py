@@ -145,7 +145,7 @@ def test_corrupt_joints_sets_how_many_joints_the_corruption_picks():
     default = make_views(x, ('crop_pose',), torch.Generator().manual_seed(3), {**args, 'corrupt_joints': 15}, lengths)[0]
     assert torch.equal(default, make_views(x, ('crop_pose',), torch.Generator().manual_seed(3),
                                            {'l_ratio': [1.0, 1.0], 'input_size': 40}, lengths)[0])
-    with pytest.raises(ValueError, match='picks 21 joints, the clips have only 20'):
+    with pytest.raises(ValueError, match='corrupt_joints: joint corruption picks 21 joints, the clips have only 20'):
         make_views(x, ('crop_pose',), torch.Generator().manual_seed(3), {**args, 'corrupt_joints': 21}, lengths)
     with pytest.raises(ValueError, match='corrupt_joints must be a non-negative integer'):
         from feeder.views import check_view_args

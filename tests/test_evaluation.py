@@ -124,6 +124,10 @@ def test_dataset_errors(tmp_path):
     np.save(tmp_path / 'nan.npy', bad)
     with pytest.raises(DataError, match='clip 4 contains NaN'):
         SkeletonArrayDataset(str(tmp_path / 'nan.npy'), label)
+    with pytest.raises(DataError, match=r'x_data.npy: feeder_args.corrupt_joints is 26, the clips have only 25 joints'):
+        SkeletonArrayDataset(data, label, corrupt_joints=26)
+    with pytest.raises(DataError, match='corrupt_joints must be a non-negative integer'):
+        SkeletonArrayDataset(data, label, corrupt_joints=-1)
     ds = SkeletonArrayDataset(data, label)
     clip, y, i = ds[3]
     assert clip.shape == (3, 20, 25, 2) and clip.dtype == torch.float32 and y == 3 and i == 3
