@@ -107,7 +107,7 @@ class SkeletonArrayDataset(Dataset):
             check_view_args(self.view_args, 'feeder_args')
         except ValueError as err:
             raise DataError(str(err)) from None
-        if isinstance(corrupt_joints, int) and corrupt_joints > self.data.shape[3]:
+        if corrupt_joints is not None and corrupt_joints > self.data.shape[3]:   # type checked above
             raise DataError(f'{data_path}: feeder_args.corrupt_joints is {corrupt_joints}, the clips have '
                             f'only {self.data.shape[3]} joints')
         self.data_path = data_path

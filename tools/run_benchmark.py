@@ -231,20 +231,26 @@ class Job:
                     times[int(m.group(1))] = float(m.group(2))
         return round(sum(times.values()), 1) if times else None
 
+    @property
+    def label(self):
+        """The row's name in the results: the method, or which baseline of its architecture, plus
+        the variant suffix (e.g. 'untrained HiCo Transformer [body]')."""
+        architecture = self.row.get('architecture', self.row['method'])
+        name = {'ssl': self.row['method'], 'untrained': f'untrained {architecture}',
+                'supervised': f'supervised {architecture}', 'raw': 'raw coordinates'}[self.kind]
+        return name + self.suffix
+
     def result(self):
         supervised = self.kind == 'supervised'
         linear = json.load(open(os.path.join(self.eval_dir('finetune' if supervised else 'linear'), 'results.json')))
         # the supervised reference has no k-NN (its saved model is the test-selected best epoch)
         knn = {} if supervised else json.load(open(os.path.join(self.eval_dir('knn'), 'knn_results.json')))
         pct = lambda v: None if v is None else round(100 * v, 2)
-        architecture = self.row.get('architecture', self.row['method'])
-        name = {'ssl': self.row['method'], 'untrained': f'untrained {architecture}',
-                'supervised': f'supervised {architecture}', 'raw': 'raw coordinates'}[self.kind]
         config = {'ssl': lambda: self.pretrain_row['pretrain'][1], 'untrained': lambda: self.row['evaluate'],
                   'supervised': lambda: self.row['supervised'],
                   'raw': lambda: self.suite['raw_baseline']['evaluate']}[self.kind]()
         return {
-            'method': name + self.suffix,
+            'method': self.label,
             'kind': self.kind, 'stream': self.stream, 'seed': self.seed, 'split': self.split,
             'data': self.suite.get('data'),
             'linear_top1_final': pct(linear['final_epoch']['accuracy']['1']),
@@ -527,8 +533,7 @@ def run(args):
             out = ensemble(suite['splits'][args.split]['test_label'],
                            {s: os.path.join(by_stream[s].eval_dir('linear'), 'test_result_final.pkl')
                             for s in ENSEMBLE_STREAMS})
-            name = row['method'] if kind == 'ssl' else f'untrained {row.get("architecture", row["method"])}'
-            ensembles.append({'method': name + by_stream['joint'].suffix, 'data': suite['data'],
+            ensembles.append({'method': by_stream['joint'].label, 'data': suite['data'],
                               'kind': 'ensemble', 'streams': list(ENSEMBLE_STREAMS), 'seed': seed,
                               'split': args.split, 'weights': [0.6, 0.4, 0.6],
                               'linear_top1_final': round(100 * out['accuracy'][1], 2),
