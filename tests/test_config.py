@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 import yaml
 
 import main
@@ -106,3 +107,19 @@ def test_reference_device_keys(tiny_data, tmp_path):
     assert proc.cfg['device'] == [0, 1]
     with pytest.raises(ConfigError, match='device'):
         PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'x'), extra=['--device', 'gpu7']))
+
+
+def test_stream_scale_multiplies_the_stream_input_and_rejects_non_positive(tiny_data, tmp_path):
+    from tests.conftest import pretrain_argv
+    clips = torch.randn(2, 3, 6, 25, 2)
+    plain = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'a'), extra=['--stream', 'motion']))
+    scaled = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'b'),
+                                                       extra=['--stream', 'motion', '--stream_scale', '10']))
+    assert plain.cfg['stream_scale'] == 1.0
+    motion = torch.zeros_like(clips)
+    motion[:, :, :-1] = clips[:, :, 1:] - clips[:, :, :-1]
+    assert torch.equal(plain.to_stream(clips), motion)   # default: the originals' input, untouched
+    assert torch.allclose(scaled.to_stream(clips), 10 * motion)
+    for bad in ('0', '-2', 'nan'):
+        with pytest.raises(ConfigError, match="option 'stream_scale' must be a positive number"):
+            PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'c'), extra=['--stream_scale', bad]))

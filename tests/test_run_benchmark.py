@@ -373,6 +373,28 @@ def test_all_prefix_changes_every_stage_so_a_wider_encoder_is_probed(tmp_path, c
     assert cfg['model_args']['hidden_channels'] == 4
 
 
+def test_all_prefix_variant_gets_an_untrained_encoder_built_and_fed_the_same_way(tmp_path, capsys):
+    path, suite = write_suite(tmp_path)
+    width = ['all.model_args.hidden_channels=4', 'all.model_args.hidden_dim=16']
+    argv = ['--suite', path, '--tag', 'w4', '--set', 'num_epoch=1'] + width
+    assert run_benchmark.main(argv + ['--dry-run']) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    untrained = [c for c in commands if 'untrained_skeletonclr_w4' in c]
+    assert len(untrained) == 2 and all('--model_args.hidden_channels 4' in c for c in untrained)
+    assert not any('raw_coords' in c for c in commands)   # raw coordinates have no encoder to change
+    assert not any('--num_epoch 1' in c for c in untrained)   # a plain key is the pretraining's only
+    assert run_benchmark.main(argv) == 0
+    rows = {r['method']: r for r in json.load(open(suite['results']['test']))}
+    assert set(rows) == {'skeletonclr [w4]', 'untrained skeletonclr [w4]'}
+    twin = rows['untrained skeletonclr [w4]']
+    cfg = yaml.safe_load(open(os.path.join(twin['work_dir'], 'linear', 'config.yaml')))
+    assert cfg['model_args']['hidden_channels'] == 4 and cfg['weights'] is None
+    gain = run_benchmark.gain_over_untrained(rows['skeletonclr [w4]'], list(rows.values()),
+                                             {'skeletonclr': 'skeletonclr'})
+    assert gain == (rows['skeletonclr [w4]']['linear_top1_final'] - twin['linear_top1_final'],
+                    rows['skeletonclr [w4]']['knn_top1'] - twin['knn_top1'])
+
+
 def test_mean_range_text():
     assert run_benchmark.mean_range([70.0, 72.0, None]) == '71.0 (70.0-72.0)'
     assert run_benchmark.mean_range([79.31, 79.31]) == '79.3'   # identical over seeds: no range

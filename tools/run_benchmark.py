@@ -476,9 +476,12 @@ def run(args):
                     jobs += [Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', at_epoch=e,
                                  probe=probe, pretrain_tag=pretrain_tag, shared=shared)
                              for e in sorted(set(args.eval_epochs)) if e < final.epochs]
-                # no baselines for a pretraining variant; a probe variant's get its probe (and its tag)
-                if args.baselines != 'no' and not pretrain_tag and row.get('untrained_baseline', True):
-                    jobs.append(Job(suite, row, stream, seed, args.split, args.tag, [], 'untrained', probe=probe))
+                # no untrained baseline for a pretraining-only variant; a probe variant's gets its probe,
+                # and one that changes every stage (all.KEY: width, input scale) its encoder and input
+                if (args.baselines != 'no' and (not pretrain_tag or shared)
+                        and row.get('untrained_baseline', True)):
+                    jobs.append(Job(suite, row, stream, seed, args.split, args.tag, [], 'untrained', probe=probe,
+                                    shared=shared))
                 # the supervised reference does not use the probe, so probe variants do not repeat it;
                 # one stream (joint) as the reference point, not a third training per row
                 if args.baselines != 'no' and not args.tag and row.get('supervised') and stream == 'joint':
