@@ -74,8 +74,8 @@ BASE_OPTIONS = {
     'batch_size': Opt(256, int, 'global training batch size (split over ranks under torchrun)'),
     'test_batch_size': Opt(256, int, 'evaluation batch size'),
     'stream': Opt('joint', str, 'joint | motion | bone, applied to every view'),
-    'stream_scale': Opt(1.0, float, 'factor on the stream input after the joint/motion/bone conversion (1: the '
-                                    'originals). Pre-training and evaluation must use the same value'),
+    'stream_scales': Opt({}, dict, 'factor per stream on the input after the joint/motion/bone conversion, e.g. '
+                                   '{motion: 10} (unset: 1, the originals); pretraining and evaluation must agree'),
     'class_names': Opt(None, str, 'class names: ntu60 | ntu120 | pkummd | nw-ucla | demo | a file with one name '
                                   'per line (default: classes.txt or meta.json beside the test labels)'),
     # -- model
@@ -206,8 +206,11 @@ class Processor:
             raise ConfigError(f"option 'phase' must be train or test, got {cfg['phase']!r}")
         if cfg['stream'] not in ('joint', 'motion', 'bone'):
             raise ConfigError(f"option 'stream' must be joint, motion or bone, got {cfg['stream']!r}")
-        if not math.isfinite(cfg['stream_scale']) or cfg['stream_scale'] <= 0:
-            raise ConfigError(f"option 'stream_scale' must be a positive number, got {cfg['stream_scale']!r}")
+        for stream, scale in cfg['stream_scales'].items():
+            if stream not in ('joint', 'motion', 'bone'):
+                raise ConfigError(f"option 'stream_scales': unknown stream {stream!r} (joint, motion or bone)")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+                raise ConfigError(f"option 'stream_scales.{stream}' must be a positive number, got {scale!r}")
         if cfg['optimizer'] not in ('SGD', 'Adam', 'AdamW'):
             raise ConfigError(f"option 'optimizer' must be SGD, Adam or AdamW, got {cfg['optimizer']!r}")
         if cfg['lr_schedule'] not in ('step', 'cosine'):
@@ -359,7 +362,7 @@ class Processor:
         x = to_stream(x, self.cfg['stream'], self.layout)
         # motion is ~10x smaller than the joints on metre-scale data; an encoder whose first layer
         # has biases (HiCo's embedding) then sees almost the same token for every clip
-        scale = self.cfg['stream_scale']
+        scale = self.cfg['stream_scales'].get(self.cfg['stream'], 1)
         return x if scale == 1 else x * scale
 
     # ------------------------------------------------------------------ optimisation

@@ -109,17 +109,24 @@ def test_reference_device_keys(tiny_data, tmp_path):
         PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'x'), extra=['--device', 'gpu7']))
 
 
-def test_stream_scale_multiplies_the_stream_input_and_rejects_non_positive(tiny_data, tmp_path):
+def test_stream_scales_multiply_their_stream_only_and_reject_bad_values(tiny_data, tmp_path):
     from tests.conftest import pretrain_argv
     clips = torch.randn(2, 3, 6, 25, 2)
+    scales = ['--stream_scales.motion', '10', '--stream_scales.bone', '2.5']
     plain = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'a'), extra=['--stream', 'motion']))
-    scaled = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'b'),
-                                                       extra=['--stream', 'motion', '--stream_scale', '10']))
-    assert plain.cfg['stream_scale'] == 1.0
-    motion = torch.zeros_like(clips)
-    motion[:, :, :-1] = clips[:, :, 1:] - clips[:, :, :-1]
-    assert torch.equal(plain.to_stream(clips), motion)   # default: the originals' input, untouched
-    assert torch.allclose(scaled.to_stream(clips), 10 * motion)
-    for bad in ('0', '-2', 'nan'):
-        with pytest.raises(ConfigError, match="option 'stream_scale' must be a positive number"):
-            PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'c'), extra=['--stream_scale', bad]))
+    motion = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'b'),
+                                                       extra=['--stream', 'motion'] + scales))
+    joint = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'c'), extra=scales))
+    assert plain.cfg['stream_scales'] == {} and motion.cfg['stream_scales'] == {'motion': 10, 'bone': 2.5}
+    expected = torch.zeros_like(clips)
+    expected[:, :, :-1] = clips[:, :, 1:] - clips[:, :, :-1]
+    assert torch.equal(plain.to_stream(clips), expected)   # default: the originals' input, untouched
+    assert torch.allclose(motion.to_stream(clips), 10 * expected)
+    assert torch.equal(joint.to_stream(clips), clips)       # no factor for the joint stream
+    for extra, needle in ((['--stream_scales.motion', '0'], r"'stream_scales.motion' must be a positive number"),
+                          (['--stream_scales.motion', '-2'], r"'stream_scales.motion' must be a positive number"),
+                          (['--stream_scales.motion', 'nan'], r"'stream_scales.motion' must be a positive number"),
+                          (['--stream_scales.motion', 'x'], r"'stream_scales.motion' must be a positive number"),
+                          (['--stream_scales.speed', '2'], r"'stream_scales': unknown stream 'speed'")):
+        with pytest.raises(ConfigError, match=needle):
+            PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'd'), extra=extra))
