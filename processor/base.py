@@ -206,6 +206,8 @@ class Processor:
             raise ConfigError(f"option 'phase' must be train or test, got {cfg['phase']!r}")
         if cfg['stream'] not in ('joint', 'motion', 'bone'):
             raise ConfigError(f"option 'stream' must be joint, motion or bone, got {cfg['stream']!r}")
+        if cfg['stream_scales'] is None:   # an empty YAML entry
+            cfg['stream_scales'] = {}
         for stream, scale in cfg['stream_scales'].items():
             if stream not in ('joint', 'motion', 'bone'):
                 raise ConfigError(f"option 'stream_scales': unknown stream {stream!r} (joint, motion or bone)")

@@ -123,9 +123,13 @@ def test_stream_scales_multiply_their_stream_only_and_reject_bad_values(tiny_dat
     assert torch.equal(plain.to_stream(clips), expected)   # default: the originals' input, untouched
     assert torch.allclose(motion.to_stream(clips), 10 * expected)
     assert torch.equal(joint.to_stream(clips), clips)       # no factor for the joint stream
+    empty = PretrainProcessor.from_argv(pretrain_argv(tiny_data, str(tmp_path / 'e'), extra=['--stream_scales', 'null']))
+    assert empty.cfg['stream_scales'] == {}                 # an empty YAML entry means no factors
     for extra, needle in ((['--stream_scales.motion', '0'], r"'stream_scales.motion' must be a positive number"),
                           (['--stream_scales.motion', '-2'], r"'stream_scales.motion' must be a positive number"),
-                          (['--stream_scales.motion', 'nan'], r"'stream_scales.motion' must be a positive number"),
+                          (['--stream_scales.motion', '.nan'], r"'stream_scales.motion' must be a positive number"),
+                          (['--stream_scales.motion', '.inf'], r"'stream_scales.motion' must be a positive number"),
+                          (['--stream_scales.motion', 'true'], r"'stream_scales.motion' must be a positive number"),
                           (['--stream_scales.motion', 'x'], r"'stream_scales.motion' must be a positive number"),
                           (['--stream_scales.speed', '2'], r"'stream_scales': unknown stream 'speed'")):
         with pytest.raises(ConfigError, match=needle):

@@ -270,6 +270,14 @@ def test_aimclr_extreme_view_std_matches_the_original():
     assert np.all(fixed < 0.47), fixed
 
 
+def test_view_stats_measure_the_input_the_encoder_gets_stream_scales_included():
+    path = os.path.join(ROOT, 'config/ntu60/pretext/pretext_aimclr_xsub_joint.yaml')
+    plain = view_stds(path, overrides=['--stream', 'motion'], clips=64)
+    scaled = view_stds(path, overrides=['--stream', 'motion', '--stream_scales.motion', '10'], clips=64)
+    for kind in plain:
+        assert np.allclose(scaled[kind], 10 * plain[kind], rtol=1e-6), kind
+
+
 def test_asar_compat_writes_feature_dimension_rows_and_the_fix_does_not():
     from tools.asar_queue_effect import queue_effect
     report = queue_effect(os.path.join(ROOT, 'config/ntu60/pretext/pretext_asar_xsub.yaml'), [

@@ -393,6 +393,13 @@ def test_all_prefix_variant_gets_an_untrained_encoder_built_and_fed_the_same_way
                                              {'skeletonclr': 'skeletonclr'})
     assert gain == (rows['skeletonclr [w4]']['linear_top1_final'] - twin['linear_top1_final'],
                     rows['skeletonclr [w4]']['knn_top1'] - twin['knn_top1'])
+    # without its own twin such a variant has no gain: the plain untrained encoder is another model
+    plain = {**twin, 'method': 'untrained skeletonclr', 'shared_overrides': ''}
+    assert run_benchmark.gain_over_untrained(rows['skeletonclr [w4]'], [rows['skeletonclr [w4]'], plain],
+                                             {'skeletonclr': 'skeletonclr'}) is None
+    pretrain_only = {**rows['skeletonclr [w4]'], 'shared_overrides': ''}   # e.g. a --set num_epoch=1 variant
+    assert run_benchmark.gain_over_untrained(pretrain_only, [pretrain_only, plain],
+                                             {'skeletonclr': 'skeletonclr'}) is not None
 
 
 def test_mean_range_text():

@@ -262,7 +262,9 @@ class Job:
             'train_mean_pairwise_cosine': knn.get('train_mean_pairwise_cosine'),
             'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
             'epochs': self.at_epoch or self.epochs, 'device': device_name(), 'config': config,
-            'overrides': ' '.join(self.overrides + self.shared + self.probe), 'commit': commit(), 'work_dir': self.work_dir,
+            'overrides': ' '.join(self.overrides + self.shared + self.probe),
+            # options of every stage (all.KEY): the encoder or its input differ from the plain baseline's
+            'shared_overrides': ' '.join(self.shared), 'commit': commit(), 'work_dir': self.work_dir,
         }
 
 
@@ -330,10 +332,13 @@ def gain_over_untrained(row, rows, architectures):
     twins = {u['method']: u for u in rows if u.get('kind') == 'untrained' and u['stream'] == row['stream']
              and u['seed'] == row['seed'] and u.get('data') == row.get('data')}
     # a variant's own untrained row (same data and probe) when there is one, else the one on the
-    # same data (a data variant's label comes first)
+    # same data (a data variant's label comes first); a variant that changed every stage (all.KEY:
+    # width, input scale) pairs only with its own, built and fed the same way
     on_data = labels[:1] if labels and labels[0] == row.get('data') else []
-    twin = [twins[m] for m in (f'untrained {base}{variant_suffix(labels)}',
-                               f'untrained {base}{variant_suffix(on_data)}') if m in twins][:1]
+    names = [f'untrained {base}{variant_suffix(labels)}']
+    if not row.get('shared_overrides'):
+        names.append(f'untrained {base}{variant_suffix(on_data)}')
+    twin = [twins[m] for m in names if m in twins][:1]
     if row.get('kind') != 'ssl' or not twin:
         return None
     return (row['linear_top1_final'] - twin[0]['linear_top1_final'], row['knn_top1'] - twin[0]['knn_top1'])
