@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from feeder.class_names import load_class_names
 from feeder.layouts import get_layout
-from feeder.streams import to_stream
+from feeder.streams import STREAMS, to_stream
 from torchlight import dist
 from torchlight.config import ConfigError, Opt, build_config, check_kwargs, dump
 from torchlight.io import Logger, WorkDirError, WorkDirLock, load_weights, remove_stale_temporaries, summary_writer
@@ -114,6 +114,29 @@ BASE_OPTIONS = {
 OVERWRITE_OPTION = Opt(False, bool, 'replace the results an earlier run left in work_dir (default: refuse)')
 
 
+def configured_layout(cfg):
+    """The skeleton layout a config names (model_args.graph_args.layout or *_feeder_args.layout;
+    a built-in name or a layout file), or None: streams and augmentations then infer the
+    built-in layout from the joint count."""
+    graph_args = cfg['model_args'].get('graph_args')
+    named = {f'{split}_feeder_args.layout': cfg[f'{split}_feeder_args'].get('layout')
+             for split in ('train', 'test')}
+    named['model_args.graph_args.layout'] = graph_args.get('layout') if isinstance(graph_args, dict) else None
+    given = {key: value for key, value in named.items() if value is not None}
+    if len({get_layout(value) for value in given.values()}) > 1:
+        raise ConfigError(f'the config names different skeleton layouts: {given}')
+    return next(iter(given.values()), None)
+
+
+def stream_input(x, cfg, layout=None):
+    """What the encoder gets from joint clips x: the config's stream times its `stream_scales`
+    factor. Motion is ~10x smaller than the joints on metre-scale data; an encoder whose first
+    layer has biases (HiCo's embedding) then sees almost the same token for every clip."""
+    x = to_stream(x, cfg['stream'], layout)
+    scale = (cfg['stream_scales'] or {}).get(cfg['stream'], 1)
+    return x if scale == 1 else x * scale
+
+
 class Processor:
     """Base task. Subclasses extend `options` and implement `start()`."""
 
@@ -127,7 +150,7 @@ class Processor:
         self.cfg = cfg
         self.argv = list(argv)
         self.validate()
-        self.layout = self.configured_layout()
+        self.layout = configured_layout(self.cfg)
         self.device = dist.resolve_device(cfg['device'], cfg['use_gpu'], dist.local_rank())
         dist.init_distributed(self.device)
         self.rank, self.world_size = dist.rank(), dist.world_size()
@@ -209,7 +232,7 @@ class Processor:
         if cfg['stream_scales'] is None:   # an empty YAML entry
             cfg['stream_scales'] = {}
         for stream, scale in cfg['stream_scales'].items():
-            if stream not in ('joint', 'motion', 'bone'):
+            if stream not in STREAMS:
                 raise ConfigError(f"option 'stream_scales': unknown stream {stream!r} (joint, motion or bone)")
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
                 raise ConfigError(f"option 'stream_scales.{stream}' must be a positive number, got {scale!r}")
@@ -231,20 +254,6 @@ class Processor:
         for key in ('base_lr', 'weight_decay', 'num_epoch'):
             if cfg[key] < 0:
                 raise ConfigError(f'option {key!r} must be >= 0, got {cfg[key]}')
-
-    def configured_layout(self):
-        """The skeleton layout the config names (model_args.graph_args.layout or
-        *_feeder_args.layout; a built-in name or a layout file), or None: streams and
-        augmentations then infer the built-in layout from the joint count."""
-        cfg = self.cfg
-        graph_args = cfg['model_args'].get('graph_args')
-        named = {f'{split}_feeder_args.layout': cfg[f'{split}_feeder_args'].get('layout')
-                 for split in ('train', 'test')}
-        named['model_args.graph_args.layout'] = graph_args.get('layout') if isinstance(graph_args, dict) else None
-        given = {key: value for key, value in named.items() if value is not None}
-        if len({get_layout(value) for value in given.values()}) > 1:
-            raise ConfigError(f'the config names different skeleton layouts: {given}')
-        return next(iter(given.values()), None)
 
     def _write_config(self, argv):
         path = os.path.join(self.work_dir, 'config.yaml')
@@ -361,11 +370,7 @@ class Processor:
                               'run; pass --overwrite true to replace them or choose another work_dir')
 
     def to_stream(self, x):
-        x = to_stream(x, self.cfg['stream'], self.layout)
-        # motion is ~10x smaller than the joints on metre-scale data; an encoder whose first layer
-        # has biases (HiCo's embedding) then sees almost the same token for every clip
-        scale = self.cfg['stream_scales'].get(self.cfg['stream'], 1)
-        return x if scale == 1 else x * scale
+        return stream_input(x, self.cfg, self.layout)
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self, model):

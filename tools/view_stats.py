@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from feeder.streams import to_stream  # noqa: E402
 from feeder.views import make_views  # noqa: E402
+from processor.base import configured_layout, stream_input  # noqa: E402
 from torchlight import dist  # noqa: E402
 from torchlight.config import check_kwargs  # noqa: E402
 from torchlight.registry import FEEDERS, MODELS, TASKS  # noqa: E402
@@ -45,9 +45,7 @@ def view_stds(config, task=None, overrides=(), clips=3000, std=0.5, frames=50, s
         check_kwargs(cfg['train_feeder_args'], 'train_feeder_args', feeder_cls)
         dataset = feeder_cls(**cfg['train_feeder_args'])
         kinds = MODELS.get(cfg['model']).views
-        scale = (cfg['stream_scales'] or {}).get(cfg['stream'], 1)
-        graph_args = cfg['model_args'].get('graph_args')
-        layout = cfg['train_feeder_args'].get('layout') or (graph_args.get('layout') if isinstance(graph_args, dict) else None)
+        layout = configured_layout(cfg)
         sums = np.zeros((len(kinds), 3))
         squares = np.zeros((len(kinds), 3))
         count = 0
@@ -55,8 +53,7 @@ def view_stds(config, task=None, overrides=(), clips=3000, std=0.5, frames=50, s
             x = torch.from_numpy(data[start:start + batch])
             gen = dist.generator(cfg['seed'], 'views', 1, step, 0)
             for i, view in enumerate(make_views(x, kinds, gen, dataset.view_args)):
-                # the encoder's input, as Processor.to_stream builds it
-                view = to_stream(view, cfg['stream'], layout).double() * scale
+                view = stream_input(view, cfg, layout).double()   # what the encoder gets
                 sums[i] += view.sum(dim=(0, 2, 3, 4)).numpy()
                 squares[i] += (view * view).sum(dim=(0, 2, 3, 4)).numpy()
             count += x.numel() // 3
