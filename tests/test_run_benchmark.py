@@ -429,3 +429,34 @@ def test_untrained_encoders_get_their_own_three_stream_ensemble(tmp_path, capsys
     assert fused[0]['weights'] == [0.6, 0.4, 0.6] and fused[0]['seed'] == 0
     assert '| untrained tiny ST-GCN | ensemble (joint+motion+bone) | 0 |' in \
         open(suite['results']['test'].replace('.json', '.md')).read()
+
+
+def test_replace_options_lets_the_later_value_of_a_key_win_once():
+    assert run_benchmark.replace_options(['--a', '1', '--b', '2'], ['--a', '3']) == ['--b', '2', '--a', '3']
+    assert run_benchmark.replace_options(['--a', '1'], []) == ['--a', '1']
+
+
+def test_stream_prefix_changes_that_streams_pretraining_only(tmp_path, capsys):
+    """`--set bone.num_epoch=1`: the bone stream gets its own schedule, the joint stream keeps the
+    variant's, and the bone probe loads the bone run's own last checkpoint."""
+    path, suite = write_suite(tmp_path)
+    suite['rows'][0]['streams'] = ['joint', 'bone']
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    argv = ['--suite', path, '--tag', 'b1', '--baselines', 'no', '--set', 'num_epoch=2', 'bone.num_epoch=1',
+            'bone.base_lr=0.01']
+    assert run_benchmark.main(argv + ['--dry-run']) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    pretrain = {s: next(c for c in commands if 'pretrain_skeletonclr' in c and f'--stream {s}' in c)
+                for s in ('joint', 'bone')}
+    assert '--num_epoch 2' in pretrain['joint'] and '--base_lr' not in pretrain['joint']
+    assert pretrain['bone'].count('--num_epoch') == 1 and '--num_epoch 1' in pretrain['bone']
+    assert '--base_lr 0.01' in pretrain['bone']
+    bone_probe = next(c for c in commands if 'linear_evaluation' in c and '--stream bone' in c)
+    assert 'skeletonclr_b1/bone/seed0/pretrain/epoch1_model.pt' in bone_probe
+    assert run_benchmark.main(argv) == 0
+    rows = {r['stream']: r for r in json.load(open(suite['results']['test']))}
+    assert rows['joint']['epochs'] == 2 and rows['bone']['epochs'] == 1
+    assert '--num_epoch 1' in rows['bone']['overrides'] and '--num_epoch 2' not in rows['bone']['overrides']
+    assert os.path.isfile(os.path.join(os.path.dirname(rows['bone']['work_dir']), 'seed0', 'pretrain',
+                                       'epoch1_model.pt'))

@@ -13,7 +13,8 @@ killed and started again. `--split val` pre-trains and probes on the suite's val
 (built from the training views only) and writes the validation table; hyper-parameters are
 chosen there (`--set` tries a change to every pretraining config, under a `--tag`; `--set
 probe.KEY=VALUE` a change of the linear probe, on the untagged run's checkpoints; `--set
-all.KEY=VALUE` a change of every stage, e.g. the encoder's width), and the
+all.KEY=VALUE` a change of every stage, e.g. the encoder's width; `--set bone.KEY=VALUE` a change
+of one stream's pretraining, e.g. a shorter schedule for the bone stream), and the
 test split is evaluated once per final config. `--data VARIANT` runs a data variant of the suite
 (the same splits preprocessed otherwise, e.g. the NW-UCLA body frame) in its own folders, with
 rows labelled [VARIANT] and paired with the untrained encoder on the same data.
@@ -120,6 +121,14 @@ def variant_suffix(labels):
 def read_config(path):
     with open(path) as f:
         return yaml.safe_load(f) or {}
+
+
+def replace_options(options, replacements):
+    """`options` (an argv list of --key value pairs) with the keys of `replacements` replaced."""
+    replaced = set(replacements[::2])
+    kept = [item for key, value in zip(options[::2], options[1::2]) if key not in replaced
+            for item in (key, value)]
+    return kept + list(replacements)
 
 
 # --------------------------------------------------------------------------- one row
@@ -412,7 +421,8 @@ def build_parser():
                         'options of the linear evaluation (e.g. probe.standardize_features=true: the untagged '
                         'run\'s pretraining is evaluated, and the baselines get the same probe), or, as all.KEY=VALUE, '
                         'options of every stage (e.g. all.model_args.hidden_channels=32: pretraining, probe and '
-                        'k-NN build the same encoder); needs --tag')
+                        'k-NN build the same encoder), or, as STREAM.KEY=VALUE (joint, motion, bone), '
+                        'a pretraining option of that stream only (e.g. bone.num_epoch=10); needs --tag')
     p.add_argument('--eval-epochs', type=int, nargs='+', default=[],
                    help='also evaluate these intermediate pretraining epochs (model selection of the epoch '
                         'count on --split val; checkpoints are saved at their greatest common divisor)')
@@ -449,18 +459,22 @@ def run(args):
         raise SuiteError(f'--tag {args.tag!r}: use letters, digits and _ . - and not the name of the '
                          f'suite\'s data ({sorted(data_names)})')
     overrides, probe, shared = [], [], []
+    stream_overrides = {}   # STREAM.KEY=VALUE: that stream's pretraining only (e.g. a shorter bone schedule)
     for item in args.set:
         if '=' not in item:
             raise SuiteError(f'--set {item!r}: expected KEY=VALUE')
         key, value = item.split('=', 1)
+        prefix, _, rest = key.partition('.')
         if key.startswith('probe.'):   # a linear-evaluation option: the pretraining is not touched
             probe += [f'--{key[len("probe."):]}', value]
         elif key.startswith('all.'):   # every stage, e.g. an encoder's width that the probe must match
             shared += [f'--{key[len("all."):]}', value]
+        elif prefix in ENSEMBLE_STREAMS and rest:   # a stream name: that stream's jobs only
+            stream_overrides.setdefault(prefix, []).extend([f'--{rest}', value])
         else:
             overrides += [f'--{key}', value]
     # a variant that changes the pretraining has its own; the untagged run and probe variants share one
-    pretrain_tag = args.tag if overrides or shared else ''
+    pretrain_tag = args.tag if overrides or shared or stream_overrides else ''
     if args.eval_epochs:
         overrides += ['--save_interval', str(functools.reduce(math.gcd, args.eval_epochs))]
     rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
@@ -473,12 +487,13 @@ def run(args):
     for row in rows:
         streams = [s for s in row.get('streams', ['joint']) if not args.streams or s in args.streams]
         for stream in streams:
+            stream_pretrain = replace_options(overrides, stream_overrides.get(stream, []))
             for seed in seeds:
                 if args.baselines != 'only':
-                    final = Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', probe=probe,
+                    final = Job(suite, row, stream, seed, args.split, args.tag, stream_pretrain, 'ssl', probe=probe,
                                 pretrain_tag=pretrain_tag, shared=shared)
                     jobs.append(final)
-                    jobs += [Job(suite, row, stream, seed, args.split, args.tag, overrides, 'ssl', at_epoch=e,
+                    jobs += [Job(suite, row, stream, seed, args.split, args.tag, stream_pretrain, 'ssl', at_epoch=e,
                                  probe=probe, pretrain_tag=pretrain_tag, shared=shared)
                              for e in sorted(set(args.eval_epochs)) if e < final.epochs]
                 # no untrained baseline for a pretraining-only variant; a probe variant's gets its probe,
