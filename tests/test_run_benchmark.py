@@ -460,3 +460,18 @@ def test_stream_prefix_changes_that_streams_pretraining_only(tmp_path, capsys):
     assert '--num_epoch 1' in rows['bone']['overrides'] and '--num_epoch 2' not in rows['bone']['overrides']
     assert os.path.isfile(os.path.join(os.path.dirname(rows['bone']['work_dir']), 'seed0', 'pretrain',
                                        'epoch1_model.pt'))
+
+
+def test_plot_results_grows_with_its_legend_so_no_entry_is_cut_off(tmp_path):
+    """One legend entry per row: a table of many rows gets a taller picture whose legend fits."""
+    from matplotlib import image
+    from tools import plot_results
+    few = [{'method': 'skeletonclr', 'kind': 'ssl', 'stream': 'joint', 'seed': 0, 'linear_top1_final': 60.0,
+            'pretrain_seconds': 600.0}]
+    many = [{**few[0], 'method': f'method {i}', 'linear_top1_final': 20.0 + i} for i in range(60)]
+    heights = []
+    for name, rows in (('few', few), ('many', many)):
+        plot_results.plot(rows, str(tmp_path / f'{name}.png'), name)
+        heights.append(image.imread(str(tmp_path / f'{name}.png')).shape[0])
+    # 60 legend lines at 7 pt need more than 60 * 7 / 72 * 120 dpi ~ 700 pixels
+    assert heights[1] > heights[0] and heights[1] > 700

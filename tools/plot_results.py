@@ -53,9 +53,12 @@ def plot(rows, out, title):
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))   # outside: no point hidden
+    # a long legend (one entry per row and baseline) gets the height it needs, not a clipped tail
+    entries = len(ax.get_legend_handles_labels()[0])
+    fig.set_size_inches(11, max(5.5, 0.15 * entries + 0.8))
     fig.tight_layout()
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches='tight')
     plt.close(fig)
 
 
