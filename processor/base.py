@@ -227,7 +227,7 @@ class Processor:
         cfg = self.cfg
         if cfg['phase'] not in ('train', 'test'):
             raise ConfigError(f"option 'phase' must be train or test, got {cfg['phase']!r}")
-        if cfg['stream'] not in ('joint', 'motion', 'bone'):
+        if cfg['stream'] not in STREAMS:
             raise ConfigError(f"option 'stream' must be joint, motion or bone, got {cfg['stream']!r}")
         if cfg['stream_scales'] is None:   # an empty YAML entry
             cfg['stream_scales'] = {}

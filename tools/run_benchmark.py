@@ -43,10 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.ensemble import ensemble   # noqa: E402
+from tools.ensemble import STREAMS, ensemble   # noqa: E402
 from torchlight import files   # noqa: E402
-
-ENSEMBLE_STREAMS = ('joint', 'motion', 'bone')
 
 
 class SuiteError(Exception):
@@ -465,11 +463,13 @@ def run(args):
             raise SuiteError(f'--set {item!r}: expected KEY=VALUE')
         key, value = item.split('=', 1)
         prefix, _, rest = key.partition('.')
-        if key.startswith('probe.'):   # a linear-evaluation option: the pretraining is not touched
-            probe += [f'--{key[len("probe."):]}', value]
-        elif key.startswith('all.'):   # every stage, e.g. an encoder's width that the probe must match
-            shared += [f'--{key[len("all."):]}', value]
-        elif prefix in ENSEMBLE_STREAMS and rest:   # a stream name: that stream's jobs only
+        if not rest:
+            overrides += [f'--{key}', value]
+        elif prefix == 'probe':   # a linear-evaluation option: the pretraining is not touched
+            probe += [f'--{rest}', value]
+        elif prefix == 'all':   # every stage, e.g. an encoder's width that the probe must match
+            shared += [f'--{rest}', value]
+        elif prefix in STREAMS:   # a stream name: that stream's jobs only
             stream_overrides.setdefault(prefix, []).extend([f'--{rest}', value])
         else:
             overrides += [f'--{key}', value]
@@ -551,13 +551,13 @@ def run(args):
         for seed, kind in itertools.product(seeds, ('ssl', 'untrained')):
             by_stream = {j.stream: j for j in jobs
                          if j.row is row and j.kind == kind and j.seed == seed and not j.at_epoch}
-            if not all(s in by_stream for s in ENSEMBLE_STREAMS):
+            if not all(s in by_stream for s in STREAMS):
                 continue
             out = ensemble(suite['splits'][args.split]['test_label'],
                            {s: os.path.join(by_stream[s].eval_dir('linear'), 'test_result_final.pkl')
-                            for s in ENSEMBLE_STREAMS})
+                            for s in STREAMS})
             ensembles.append({'method': by_stream['joint'].label, 'data': suite['data'],
-                              'kind': 'ensemble', 'streams': list(ENSEMBLE_STREAMS), 'seed': seed,
+                              'kind': 'ensemble', 'streams': list(STREAMS), 'seed': seed,
                               'split': args.split, 'weights': [0.6, 0.4, 0.6],
                               'linear_top1_final': round(100 * out['accuracy'][1], 2),
                               'linear_top5_final': round(100 * out['accuracy'][5], 2),
