@@ -56,3 +56,63 @@ def test_command_line(results, capsys):
     assert 'ensemble (4 samples): top1' in capsys.readouterr().out
     assert main(['--label', label, '--joint', files['joint'], '--bone', '/nonexistent.pkl']) == 2
     assert 'not found' in capsys.readouterr().err
+
+
+def test_search_ranks_triples_by_mean_top1_and_matches_plain_fusion(tmp_path):
+    """The weight search on hand-made scores: joint is right on every sample, motion is wrong on
+    every sample, bone is right on half. Every listed accuracy equals ensemble() with those weights
+    (the slow formulation). Three triples are right on every sample, (0.5, 0, 0), (1, 0, 0.5) and
+    (1, 0.5, 0); the one nearest the reference proportions (L1 0.58 against 1.25 and 0.75) wins."""
+    from tools.ensemble import search_weights
+    names, labels = ['a', 'b', 'c', 'd'], np.array([0, 1, 2, 0])
+    right = np.eye(3)[labels] * 2.0
+    wrong = np.eye(3)[(labels + 1) % 3] * 3.0
+    half = np.where(np.arange(4)[:, None] < 2, right, wrong)
+    runs = []
+    for seed in range(2):
+        run = {}
+        for stream, arr in (('joint', right), ('motion', wrong), ('bone', half)):
+            run[stream] = write(tmp_path / f'{stream}{seed}.pkl', {n: arr[i] for i, n in enumerate(names)})
+        runs.append(run)
+    label = write(tmp_path / 'label.pkl', (names, labels.tolist()))
+    ranked = search_weights(label, runs, grid=[0, 0.5, 1])
+    best, mean, per_run = ranked[0]
+    assert mean == 1.0 and per_run == [1.0, 1.0]
+    assert best == {'joint': 1.0, 'motion': 0.0, 'bone': 0.5}
+    assert [w for w, m, _ in ranked if m == 1.0] == [best, {'joint': 1.0, 'motion': 0.5, 'bone': 0.0},
+                                                     {'joint': 0.5, 'motion': 0.0, 'bone': 0.0}]
+    proportions = {tuple(round(w[s] / sum(w.values()), 6) for s in ('joint', 'motion', 'bone'))
+                   for w, _, _ in ranked}
+    assert len(proportions) == len(ranked)   # (1, 1, 1) and (0.5, 0.5, 0.5) are one candidate
+    assert all(m >= n for (_, m, _), (_, n, _) in zip(ranked, ranked[1:]))   # best first
+    for weights, mean, per_run in ranked:
+        slow = [ensemble(label, run, weights)['accuracy'][1] for run in runs]
+        assert per_run == pytest.approx(slow) and mean == pytest.approx(np.mean(slow))
+
+
+def test_search_keeps_the_reference_weights_when_validation_cannot_tell(tmp_path):
+    """Identical streams make every triple equally accurate: the reference proportions win."""
+    from tools.ensemble import search_weights
+    names, labels = ['a', 'b', 'c'], [0, 1, 1]
+    scores = {n: np.array([1.0, 0.0]) for n in names}
+    run = {s: scores for s in ('joint', 'motion', 'bone')}
+    best = search_weights((names, labels), [run])[0][0]
+    assert best == pytest.approx({'joint': 0.3, 'motion': 0.2, 'bone': 0.3})
+
+
+def test_search_command_line(results, capsys, tmp_path):
+    label, files, _, _ = results
+    argv = ['--label', label, '--search', '--joint', files['joint'], files['joint'],
+            '--motion', files['motion'], files['motion'], '--bone', files['bone'], files['bone']]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'weight triples over 2 run(s)' in out and 'reference 0.6 0.4 0.6:' in out
+    assert out.strip().splitlines()[-1].startswith('chosen: --weights ')
+    with pytest.raises(SystemExit) as exit_info:   # unequal run counts
+        main(['--label', label, '--search', '--joint', files['joint'], files['joint'], '--bone', files['bone']])
+    assert exit_info.value.code == 2 and 'same number of result files' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:   # several files without --search
+        main(['--label', label, '--joint', files['joint'], files['joint']])
+    assert exit_info.value.code == 2 and 'several only with --search' in capsys.readouterr().err
+    assert main(['--label', label, '--search', '--joint', files['joint'], '--bone', str(tmp_path / 'no.pkl')]) == 2
+    assert 'not found' in capsys.readouterr().err

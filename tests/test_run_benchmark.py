@@ -431,6 +431,28 @@ def test_untrained_encoders_get_their_own_three_stream_ensemble(tmp_path, capsys
         open(suite['results']['test'].replace('.json', '.md')).read()
 
 
+def test_ensemble_weights_refuse_and_are_kept_beside_the_reference_rows(tmp_path, capsys):
+    """--ensemble-weights re-fuses finished runs (nothing re-trained) into rows of their own: with
+    all the weight on motion the ensemble is the motion stream's top-1."""
+    path, suite = write_suite(tmp_path)
+    suite['rows'][0].update({'streams': ['joint', 'motion', 'bone'], 'ensemble': True, 'architecture': 'tiny ST-GCN'})
+    with open(path, 'w') as f:
+        yaml.safe_dump(suite, f)
+    assert run_benchmark.main(['--suite', path, '--baselines', 'only']) == 0
+    assert run_benchmark.main(['--suite', path, '--baselines', 'only', '--ensemble-weights', '0', '1', '0']) == 0
+    assert 'done in' not in capsys.readouterr().err   # every stage was already done
+    rows = json.load(open(suite['results']['test']))
+    fused = {tuple(r['weights']): r for r in rows if r['kind'] == 'ensemble'}
+    assert sorted(fused) == [(0.0, 1.0, 0.0), (0.6, 0.4, 0.6)]
+    motion = next(r for r in rows if r['kind'] == 'untrained' and r['stream'] == 'motion')
+    assert fused[(0.0, 1.0, 0.0)]['linear_top1_final'] == motion['linear_top1_final']
+    table = open(suite['results']['test'].replace('.json', '.md')).read()
+    assert '| untrained tiny ST-GCN | ensemble (joint+motion+bone, weights 0/1/0) | 0 |' in table
+    assert '| untrained tiny ST-GCN | ensemble (joint+motion+bone) | 0 |' in table
+    assert run_benchmark.main(['--suite', path, '--baselines', 'only', '--ensemble-weights', '0', '0', '0']) == 2
+    assert '--ensemble-weights' in capsys.readouterr().err
+
+
 def test_replace_options_lets_the_later_value_of_a_key_win_once():
     assert run_benchmark.replace_options(['--a', '1', '--b', '2'], ['--a', '3']) == ['--b', '2', '--a', '3']
     assert run_benchmark.replace_options(['--a', '1'], []) == ['--a', '1']

@@ -6,11 +6,19 @@
         --motion work_dir/.../test_result.pkl --bone work_dir/.../test_result.pkl \
         [--weights 0.6 0.4 0.6]
 
+    # choose the weights on validation scores, one file per seed and stream (paired by position)
+    python tools/ensemble.py --search --label .../val_label.pkl \
+        --joint s0/joint.pkl s1/joint.pkl --motion s0/motion.pkl s1/motion.pkl --bone ...
+
 score = w_joint * s_joint + w_motion * s_motion + w_bone * s_bone (raw scores, no softmax), the
 reference weights being 0.6 / 0.4 / 0.6. Scores are aligned by sample name (not by file order);
 a result file whose sample names differ from the label file's is an error that names them.
-Any subset of the streams may be given (at least one).
+Any subset of the streams may be given (at least one). --search tries every weight triple of a
+grid (0, 0.1, ..., 1 by default) and ranks them by the mean top-1 over the given runs; among equal
+accuracies it keeps the triple whose proportions are nearest the reference's, so the reference
+weights stand unless the validation scores say otherwise.
 """
+import itertools
 import argparse
 import os
 import sys
@@ -94,20 +102,80 @@ def ensemble(label, results, weights=None, ks=(1, 5)):
             'per_stream': per_stream}
 
 
+def search_weights(label, runs, grid=None):
+    """Rank fusion weight triples by their mean top-1 over `runs`.
+
+    runs: a list of {stream: path or {name: scores}}, one per seed, all with the same streams.
+    grid: the weights each stream may take (default 0, 0.1, ..., 1). Triples with the same
+    proportions are one candidate (the smallest is kept); the all-zero triple is skipped.
+    Returns [(weights {stream: w}, mean top-1, [top-1 per run])], best first; ties go to the
+    proportions nearest the reference 0.6 / 0.4 / 0.6.
+    """
+    names, labels = load_labels(label) if isinstance(label, (str, os.PathLike)) else \
+        ([str(n) for n in label[0]], np.asarray(label[1], dtype=np.int64))
+    if not runs:
+        raise EnsembleError('no runs to choose weights on')
+    streams = [s for s in STREAMS if s in runs[0]]
+    stacked = []   # per run: (streams, N, classes)
+    for i, run in enumerate(runs):
+        if sorted(run) != sorted(streams):
+            raise EnsembleError(f'run {i + 1} has streams {sorted(run)}, run 1 has {sorted(streams)}')
+        arrays = []
+        for stream in streams:
+            source = run[stream]
+            where = f'{stream} ({source})' if isinstance(source, (str, os.PathLike)) else stream
+            scores = load_pickle(source, f'{stream} result file') if isinstance(source, (str, os.PathLike)) else source
+            arrays.append(align(names, scores, where))
+        if len({a.shape[1] for a in arrays}) != 1:
+            raise EnsembleError(f'run {i + 1}: streams have different class counts {[a.shape[1] for a in arrays]}')
+        stacked.append(np.stack(arrays))
+    grid = sorted({round(float(w), 6) for w in (np.linspace(0, 1, 11) if grid is None else grid)})
+    if any(w < 0 for w in grid):
+        raise EnsembleError(f'weights must not be negative: {grid}')
+    reference = np.array([DEFAULT_WEIGHTS[s] for s in streams])
+    reference = reference / reference.sum()
+    candidates = {}
+    for triple in itertools.product(grid, repeat=len(streams)):
+        total = sum(triple)
+        if total == 0:
+            continue
+        key = tuple(round(w / total, 6) for w in triple)
+        if key not in candidates:   # product() is ascending, so the first is the smallest
+            candidates[key] = np.array(triple)
+    ranked = []
+    for key, w in candidates.items():
+        accs = [float(((np.tensordot(w, s, axes=1)).argmax(1) == labels).mean()) for s in stacked]
+        distance = float(np.abs(np.array(key) - reference).sum())
+        ranked.append((-float(np.mean(accs)), distance, dict(zip(streams, w.tolist())), accs))
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    return [(w, -neg, accs) for neg, _, w, accs in ranked]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--label', required=True, help='label pickle of the test split (names, labels)')
     for stream in STREAMS:
-        parser.add_argument(f'--{stream}', help=f'test_result.pkl of the {stream} evaluation')
+        parser.add_argument(f'--{stream}', nargs='+', metavar='PKL',
+                            help=f'test_result.pkl of the {stream} evaluation (with --search: one per run)')
     parser.add_argument('--weights', type=float, nargs=3, metavar=('JOINT', 'MOTION', 'BONE'),
                         default=[DEFAULT_WEIGHTS[s] for s in STREAMS],
                         help='fusion weights for joint, motion, bone (default 0.6 0.4 0.6)')
     parser.add_argument('--topk', type=int, nargs='+', default=[1, 5], help='top-k accuracies to report')
+    parser.add_argument('--search', action='store_true',
+                        help='rank weight triples of --grid by the mean top-1 over the runs given '
+                             '(validation scores; never choose weights on the test split)')
+    parser.add_argument('--grid', type=float, nargs='+', help='weights tried by --search (default 0 0.1 ... 1)')
+    parser.add_argument('--show', type=int, default=10, help='--search: how many triples to list')
     args = parser.parse_args(argv)
     results = {s: getattr(args, s) for s in STREAMS if getattr(args, s)}
     if not results:
         parser.error('give at least one of --joint, --motion, --bone')
+    if args.search:
+        return _search(parser, args, results)
+    if any(len(files) > 1 for files in results.values()):
+        parser.error('one result file per stream (several only with --search)')
+    results = {s: files[0] for s, files in results.items()}
     try:
         out = ensemble(args.label, results, dict(zip(STREAMS, args.weights)), tuple(args.topk))
     except (EnsembleError, DataFileError) as err:
@@ -118,6 +186,33 @@ def main(argv=None):
         print(f'{stream:<8} (w {dict(zip(STREAMS, args.weights))[stream]:g}): {fmt(acc)}')
     print(f'ensemble ({len(out["names"])} samples): {fmt(out["accuracy"])}')
     return 0
+
+
+def _search(parser, args, results):
+    counts = {s: len(files) for s, files in results.items()}
+    if len(set(counts.values())) != 1:
+        parser.error(f'--search needs the same number of result files for every stream, got {counts}')
+    runs = [{s: files[i] for s, files in results.items()} for i in range(next(iter(counts.values())))]
+    try:
+        ranked = search_weights(args.label, runs, args.grid)
+    except (EnsembleError, DataFileError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    streams = list(ranked[0][0])
+    print(f'{len(ranked)} weight triples over {len(runs)} run(s); mean top-1 (per run):')
+    for weights, mean, accs in ranked[:args.show]:
+        print(' '.join(f'{s} {weights[s]:g}' for s in streams) +
+              f': {100 * mean:.2f}% (' + ' / '.join(f'{100 * a:.2f}' for a in accs) + ')')
+    reference = [(w, m, a) for w, m, a in ranked if _proportional(w, DEFAULT_WEIGHTS, streams)]
+    if reference:
+        print(f'reference {" ".join(f"{DEFAULT_WEIGHTS[s]:g}" for s in streams)}: {100 * reference[0][1]:.2f}%')
+    print('chosen: --weights ' + ' '.join(f'{ranked[0][0].get(s, 0):g}' for s in STREAMS))
+    return 0
+
+
+def _proportional(a, b, streams):
+    ta, tb = sum(a[s] for s in streams), sum(b[s] for s in streams)
+    return all(abs(a[s] / ta - b[s] / tb) < 1e-6 for s in streams)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,9 @@ of one stream's pretraining, e.g. a shorter schedule for the bone stream), and t
 test split is evaluated once per final config. `--data VARIANT` runs a data variant of the suite
 (the same splits preprocessed otherwise, e.g. the NW-UCLA body frame) in its own folders, with
 rows labelled [VARIANT] and paired with the untrained encoder on the same data.
+`--ensemble-weights J M B` fuses the 3-stream ensembles with other weights than the reference
+0.6 / 0.4 / 0.6 (chosen on validation scores with `tools/ensemble.py --search`; finished stages
+are not re-run, so this only re-fuses); those rows are kept beside the reference-weight ones.
 
 The suite file (YAML) names the data splits, the prepare commands and the rows; see
 config/nw_ucla/benchmark.yaml.
@@ -43,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.ensemble import STREAMS, ensemble   # noqa: E402
+from tools.ensemble import DEFAULT_WEIGHTS, STREAMS, ensemble   # noqa: E402
 from torchlight import files   # noqa: E402
 
 
@@ -376,8 +379,11 @@ def markdown(rows, ensembles, title, architectures=None):
                      f'{mean_range([r["linear_top1_best"] for r in rs])} | '
                      f'{mean_range([r["knn_top1"] for r in rs])} | {gain_text} | {rs[0]["epochs"] or "-"} | '
                      f'{time_text} |')
+    reference = [DEFAULT_WEIGHTS[s] for s in STREAMS]
     for e in ensembles:
-        lines.append(f'| {e["method"]} | ensemble ({"+".join(e["streams"])}) | {e["seed"]} | '
+        weights = e.get('weights') or reference
+        weight_text = '' if weights == reference else f', weights {"/".join(f"{w:g}" for w in weights)}'
+        lines.append(f'| {e["method"]} | ensemble ({"+".join(e["streams"])}{weight_text}) | {e["seed"]} | '
                      f'{e["linear_top1_final"]:.1f} | - | - | - | - | - |')
     lines += ['', 'Mean over the listed seeds with the range in brackets. * best epoch of the linear '
               'probe, selected on the evaluated split (the reference protocol); the final epoch is the honest '
@@ -387,10 +393,11 @@ def markdown(rows, ensembles, title, architectures=None):
 
 
 def row_key(row):
-    """A result row is identified by its work_dir and epoch (an ensemble by method, seed and split)."""
+    """A result row is identified by its work_dir and epoch (an ensemble by method, seed, split and
+    fusion weights)."""
     if row.get('work_dir'):
         return row['work_dir'], row.get('epochs')
-    return row['method'], row.get('kind'), row['seed'], row['split']
+    return row['method'], row.get('kind'), row['seed'], row['split'], tuple(row.get('weights') or ())
 
 
 def merge_rows(path, new_rows):
@@ -428,6 +435,10 @@ def build_parser():
                    help="run on a data variant of the suite (data_variants, e.g. 'body': other "
                         "preprocessing of the same splits); rows are labelled [VARIANT]")
     p.add_argument('--tag', default='', help='names a --set variant (folder and method suffix)')
+    p.add_argument('--ensemble-weights', type=float, nargs=3, metavar=('JOINT', 'MOTION', 'BONE'),
+                   help='fusion weights of the 3-stream ensembles (default the reference 0.6 0.4 0.6); '
+                        'choose them on --split val scores with tools/ensemble.py --search. Rows with other '
+                        'weights are kept beside the reference ones')
     p.add_argument('--out', help='JSON rows file (default: the suite\'s results[split])')
     p.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
     return p
@@ -453,6 +464,8 @@ def run(args):
         raise SuiteError(f'{args.suite}: no split {args.split!r} (has {sorted(suite["splits"])})')
     if args.set and not args.tag:
         raise SuiteError('--set needs a --tag naming the variant')
+    if args.ensemble_weights and (min(args.ensemble_weights) < 0 or not any(args.ensemble_weights)):
+        raise SuiteError(f'--ensemble-weights {args.ensemble_weights}: weights must be >= 0 and not all zero')
     if args.tag in data_names or not re.fullmatch(r'[A-Za-z0-9_.-]*', args.tag):
         raise SuiteError(f'--tag {args.tag!r}: use letters, digits and _ . - and not the name of the '
                          f'suite\'s data ({sorted(data_names)})')
@@ -543,6 +556,7 @@ def run(args):
         tqdm.write(f'{job.work_dir}: {name} done in {seconds / 60:.1f} min')
 
     results = [job.result() for job in jobs]
+    fusion_weights = args.ensemble_weights or [DEFAULT_WEIGHTS[s] for s in STREAMS]
     ensembles = []
     for row in rows:
         if not row.get('ensemble'):
@@ -555,10 +569,10 @@ def run(args):
                 continue
             out = ensemble(suite['splits'][args.split]['test_label'],
                            {s: os.path.join(by_stream[s].eval_dir('linear'), 'test_result_final.pkl')
-                            for s in STREAMS})
+                            for s in STREAMS}, dict(zip(STREAMS, fusion_weights)))
             ensembles.append({'method': by_stream['joint'].label, 'data': suite['data'],
                               'kind': 'ensemble', 'streams': list(STREAMS), 'seed': seed,
-                              'split': args.split, 'weights': [0.6, 0.4, 0.6],
+                              'split': args.split, 'weights': fusion_weights,
                               'linear_top1_final': round(100 * out['accuracy'][1], 2),
                               'linear_top5_final': round(100 * out['accuracy'][5], 2),
                               'per_stream_top1': {s: round(100 * a[1], 2) for s, a in out['per_stream'].items()},
