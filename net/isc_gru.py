@@ -8,6 +8,9 @@ layer's input, and the feature is the top layer's output at the last frame. That
 `reverse_in_time=False` (the default, needed for released weights) computes, with one
 whole-sequence GRU call per layer and direction instead of one call per frame.
 `reverse_in_time=True` is a standard bidirectional GRU (for new training only).
+`readout='mean'` takes the temporal mean of the top layer's outputs instead of the last frame's
+(for new training only): with the reference readout the feature is one frame's output, which on
+NW-UCLA leaves the untrained and the pretrained GRU at the same accuracy (docs/RESULTS.md).
 """
 import torch
 import torch.nn as nn
@@ -57,12 +60,17 @@ class EncoderRNN(nn.Module):
 @ENCODERS.register('isc_gru', aliases=['moco.GRU.BIGRU', 'net.isc_gru.BIGRU'])
 class BIGRU(nn.Module):
     """Input (N, C, T, V, M), flattened per frame by `flatten`; `extract_feature` gives
-    (N, 2 * en_hidden_size), the last frame's top-layer output."""
+    (N, 2 * en_hidden_size), the last frame's top-layer output (`readout='last'`, the reference)
+    or the mean of the top layer's outputs over time (`readout='mean'`)."""
+
+    READOUTS = ('last', 'mean')
 
     def __init__(self, en_input_size=150, en_hidden_size=1024, en_num_layers=3, num_class=60,
-                 reverse_in_time=False):
+                 reverse_in_time=False, readout='last'):
         super().__init__()
-        self.en_input_size = en_input_size
+        if readout not in self.READOUTS:
+            raise ValueError(f'readout must be one of {self.READOUTS}, got {readout!r}')
+        self.en_input_size, self.readout = en_input_size, readout
         self.encoder = EncoderRNN(en_input_size, en_hidden_size, en_num_layers, reverse_in_time)
         self.fc = nn.Linear(2 * en_hidden_size, num_class)
         self.feature_dim = 2 * en_hidden_size
@@ -77,7 +85,8 @@ class BIGRU(nn.Module):
         if seq.dim() != 3 or seq.shape[-1] != self.en_input_size:
             raise ValueError(f'BIGRU expects (N, T, {self.en_input_size}) sequences, '
                              f'got shape {tuple(seq.shape)}')
-        return self.encoder(seq)[:, -1]
+        outputs = self.encoder(seq)
+        return outputs.mean(dim=1) if self.readout == 'mean' else outputs[:, -1]
 
     def extract_feature(self, x):
         seq = flatten(x)

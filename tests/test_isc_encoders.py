@@ -50,6 +50,23 @@ def test_gru_equals_the_reference_frame_loop_and_is_not_a_bigru():
     assert torch.allclose(model.extract_feature(x), standard, atol=1e-6)
 
 
+def test_gru_mean_readout_is_the_time_average_of_the_reference_frame_loop():
+    """readout='mean' (a named option for new training): the top layer's outputs of the reference
+    frame loop, averaged over every frame, from the same weights; a bad name is refused."""
+    torch.manual_seed(0)
+    model = BIGRU(en_input_size=12, en_hidden_size=8, en_num_layers=2, num_class=5, readout='mean')
+    x = torch.randn(3, 2, 7, 3, 2)
+    seq, hidden, outs = flatten(x), None, []
+    for t in range(seq.shape[1]):
+        out, hidden = model.encoder.gru(seq[:, t:t + 1], hidden)
+        outs.append(out[:, 0])
+    expected = torch.stack(outs, dim=1).mean(dim=1)
+    assert (model.extract_feature(x) - expected).abs().max() < 1e-6
+    assert (expected - outs[-1]).abs().max() > 1e-2   # not the last frame's output
+    with pytest.raises(ValueError, match="readout must be one of \\('last', 'mean'\\), got 'max'"):
+        BIGRU(en_input_size=12, en_hidden_size=8, readout='max')
+
+
 def test_gru_gradients_reach_every_reference_weight():
     torch.manual_seed(0)
     model = BIGRU(en_input_size=12, en_hidden_size=4, en_num_layers=2, num_class=3)
