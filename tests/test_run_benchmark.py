@@ -433,15 +433,26 @@ def test_untrained_encoders_get_their_own_three_stream_ensemble(tmp_path, capsys
 
 def test_ensemble_weights_refuse_and_are_kept_beside_the_reference_rows(tmp_path, capsys):
     """--ensemble-weights re-fuses finished runs (nothing re-trained) into rows of their own: with
-    all the weight on motion the ensemble is the motion stream's top-1."""
+    all the weight on motion the ensemble is the motion stream's top-1. Rows of runs that were not
+    re-run keep the commit and device they were produced with."""
     path, suite = write_suite(tmp_path)
     suite['rows'][0].update({'streams': ['joint', 'motion', 'bone'], 'ensemble': True, 'architecture': 'tiny ST-GCN'})
     with open(path, 'w') as f:
         yaml.safe_dump(suite, f)
     assert run_benchmark.main(['--suite', path, '--baselines', 'only']) == 0
+    rows = json.load(open(suite['results']['test']))
+    for r in rows:   # as if they had run with other code on another machine
+        r.update({'commit': 'abc1234', 'device': 'another CPU'})
+    with open(suite['results']['test'], 'w') as f:
+        json.dump(rows, f)
+    capsys.readouterr()
     assert run_benchmark.main(['--suite', path, '--baselines', 'only', '--ensemble-weights', '0', '1', '0']) == 0
     assert 'done in' not in capsys.readouterr().err   # every stage was already done
     rows = json.load(open(suite['results']['test']))
+    # nothing re-ran, so the rows keep the code and machine they ran with; the new fusion is new
+    assert {(r['commit'], r['device']) for r in rows if r.get('weights') != [0.0, 1.0, 0.0]} == \
+        {('abc1234', 'another CPU')}
+    assert [r['commit'] for r in rows if r.get('weights') == [0.0, 1.0, 0.0]] == [run_benchmark.commit()]
     fused = {tuple(r['weights']): r for r in rows if r['kind'] == 'ensemble'}
     assert sorted(fused) == [(0.0, 1.0, 0.0), (0.6, 0.4, 0.6)]
     motion = next(r for r in rows if r['kind'] == 'untrained' and r['stream'] == 'motion')

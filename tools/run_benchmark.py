@@ -400,12 +400,17 @@ def row_key(row):
     return row['method'], row.get('kind'), row['seed'], row['split'], tuple(row.get('weights') or ())
 
 
+def read_rows(path):
+    """The result rows in `path` ([] when there is no such file yet)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
 def merge_rows(path, new_rows):
     """The rows already in `path` with the new ones replacing those of the same key."""
-    old = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f)
+    old = read_rows(path)
     fresh = {row_key(r) for r in new_rows}
     return [r for r in old if row_key(r) not in fresh] + new_rows
 
@@ -548,14 +553,24 @@ def run(args):
 
     stages = [(job, s) for job in jobs for s in job.stages()]
     bar = tqdm(stages, desc='benchmark', unit='stage')
+    ran = set()   # jobs with a stage run by this invocation
     for job, (name, marker, argv) in bar:
         bar.set_postfix_str(f'{job.row["method"]}/{job.kind}/{job.stream}/seed{job.seed}: {name}')
         if os.path.isfile(marker):
             continue
         seconds = run_stage(argv, os.path.join(job.work_dir, 'runner.log'))
+        ran.add(id(job))
         tqdm.write(f'{job.work_dir}: {name} done in {seconds / 60:.1f} min')
 
-    results = [job.result() for job in jobs]
+    out_json = args.out or suite['results'][args.split]
+    previous = {row_key(r): r for r in read_rows(out_json)}
+    results = []
+    for job in jobs:
+        result = job.result()
+        old = previous.get(row_key(result))
+        if id(job) not in ran and old:   # nothing re-run: the row keeps the code and machine it ran on
+            result.update({k: old[k] for k in ('commit', 'device') if k in old})
+        results.append(result)
     fusion_weights = args.ensemble_weights or [DEFAULT_WEIGHTS[s] for s in STREAMS]
     ensembles = []
     for row in rows:
@@ -577,7 +592,6 @@ def run(args):
                               'linear_top5_final': round(100 * out['accuracy'][5], 2),
                               'per_stream_top1': {s: round(100 * a[1], 2) for s, a in out['per_stream'].items()},
                               'commit': commit()})
-    out_json = args.out or suite['results'][args.split]
     all_rows = merge_rows(out_json, results + ensembles)
     files.write_json(out_json, all_rows)
     table = markdown([r for r in all_rows if r.get('kind') != 'ensemble'],
