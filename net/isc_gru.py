@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 GRU_WEIGHTS = ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')
@@ -69,7 +70,7 @@ class BIGRU(nn.Module):
                  reverse_in_time=False, readout='last'):
         super().__init__()
         if readout not in self.READOUTS:
-            raise ValueError(f'readout must be one of {self.READOUTS}, got {readout!r}')
+            raise ConfigError(f'model_args.readout must be one of {self.READOUTS}, got {readout!r}')
         self.en_input_size, self.readout = en_input_size, readout
         self.encoder = EncoderRNN(en_input_size, en_hidden_size, en_num_layers, reverse_in_time)
         self.fc = nn.Linear(2 * en_hidden_size, num_class)

@@ -281,10 +281,7 @@ class Processor:
         except KeyError as err:
             raise ConfigError(f"model_args.base_encoder: {err.args[0]}") from None
         check_kwargs(args, 'model_args', model_cls, encoder_cls)
-        try:
-            return model_cls(**args)
-        except ValueError as err:   # a value the model or encoder refuses (e.g. an unknown readout)
-            raise ConfigError(f'model_args: {err}') from None
+        return model_cls(**args)
 
     def load_weights(self, model):
         """Initialise from `weights` (if set); returns the model keys the file lacked."""

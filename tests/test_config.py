@@ -88,13 +88,13 @@ def test_model_args_typo_is_reported(tiny_data, tmp_path, capsys):
     assert "unknown key 'queue_sise' in model_args (did you mean: queue_size?)" in capsys.readouterr().err
 
 
-def test_a_model_argument_the_encoder_refuses_is_one_clear_line(tiny_data, tmp_path, capsys):
+def test_an_isc_gru_readout_it_does_not_know_is_one_clear_line(tiny_data, tmp_path, capsys):
     from tests.conftest import pretrain_argv
     gru = {'base_encoder': 'isc_gru', 'en_input_size': 150, 'en_hidden_size': 4, 'en_num_layers': 1,
            'readout': 'max'}
     argv = ['pretrain_isc'] + pretrain_argv(tiny_data, str(tmp_path / 'w'), model='isc', encoder=gru)
     assert main.main(argv) == 2
-    assert "error: model_args: readout must be one of ('last', 'mean'), got 'max'" in capsys.readouterr().err
+    assert "error: model_args.readout must be one of ('last', 'mean'), got 'max'" in capsys.readouterr().err
 
 
 def test_effective_config_saved_and_previous_kept(tiny_data, tmp_path):

@@ -91,13 +91,17 @@ def test_search_ranks_triples_by_mean_top1_and_matches_plain_fusion(tmp_path):
 
 
 def test_search_keeps_the_reference_weights_when_validation_cannot_tell(tmp_path):
-    """Identical streams make every triple equally accurate: the reference proportions win."""
+    """Identical streams make every triple equally accurate: the reference weights win."""
     from tools.ensemble import search_weights
     names, labels = ['a', 'b', 'c'], [0, 1, 1]
     scores = {n: np.array([1.0, 0.0]) for n in names}
     run = {s: scores for s in ('joint', 'motion', 'bone')}
-    best = search_weights((names, labels), [run])[0][0]
-    assert best == pytest.approx({'joint': 0.3, 'motion': 0.2, 'bone': 0.3})
+    ranked = search_weights((names, labels), [run])
+    assert ranked[0][0] == {'joint': 0.6, 'motion': 0.4, 'bone': 0.6}   # as itself, not as 0.3 / 0.2 / 0.3
+    assert [w for w, _, _ in ranked].count(ranked[0][0]) == 1
+    # a grid without the reference proportion still has the reference as a candidate
+    coarse = search_weights((names, labels), [run], grid=[0, 1])
+    assert coarse[0][0] == {'joint': 0.6, 'motion': 0.4, 'bone': 0.6} and len(coarse) == 8
 
 
 def test_search_command_line(results, capsys, tmp_path):

@@ -63,7 +63,7 @@ def test_gru_mean_readout_is_the_time_average_of_the_reference_frame_loop():
     expected = torch.stack(outs, dim=1).mean(dim=1)
     assert (model.extract_feature(x) - expected).abs().max() < 1e-6
     assert (expected - outs[-1]).abs().max() > 1e-2   # not the last frame's output
-    with pytest.raises(ValueError, match="readout must be one of \\('last', 'mean'\\), got 'max'"):
+    with pytest.raises(ValueError, match="model_args.readout must be one of \\('last', 'mean'\\), got 'max'"):
         BIGRU(en_input_size=12, en_hidden_size=8, readout='max')
 
 

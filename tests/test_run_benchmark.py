@@ -440,18 +440,27 @@ def test_ensemble_weights_refuse_and_are_kept_beside_the_reference_rows(tmp_path
     with open(path, 'w') as f:
         yaml.safe_dump(suite, f)
     assert run_benchmark.main(['--suite', path, '--baselines', 'only']) == 0
+    # as if the runs had been made with other code on another machine: the provenance file of each
+    # job (written when its stages ran) for joint and bone, only the JSON row for motion (a run from
+    # before provenance files)
+    made = {r['stream']: os.path.join(r['work_dir'], run_benchmark.PROVENANCE)
+            for r in json.load(open(suite['results']['test'])) if r['kind'] == 'untrained'}
+    for stream, provenance in made.items():
+        with open(provenance, 'w') as f:
+            json.dump({'commit': f'{stream}123', 'device': 'another CPU'}, f)
+    os.remove(made['motion'])
     rows = json.load(open(suite['results']['test']))
-    for r in rows:   # as if they had run with other code on another machine
-        r.update({'commit': 'abc1234', 'device': 'another CPU'})
+    for r in rows:
+        r.update({'commit': 'motion123', 'device': 'another CPU'} if r.get('stream') == 'motion' else {})
     with open(suite['results']['test'], 'w') as f:
         json.dump(rows, f)
     capsys.readouterr()
     assert run_benchmark.main(['--suite', path, '--baselines', 'only', '--ensemble-weights', '0', '1', '0']) == 0
-    assert 'done in' not in capsys.readouterr().err   # every stage was already done
+    assert 'done in' not in capsys.readouterr().out   # every stage was already done
     rows = json.load(open(suite['results']['test']))
     # nothing re-ran, so the rows keep the code and machine they ran with; the new fusion is new
-    assert {(r['commit'], r['device']) for r in rows if r.get('weights') != [0.0, 1.0, 0.0]} == \
-        {('abc1234', 'another CPU')}
+    assert {r['stream']: (r['commit'], r['device']) for r in rows if r['kind'] == 'untrained'} == \
+        {s: (f'{s}123', 'another CPU') for s in ('joint', 'motion', 'bone')}
     assert [r['commit'] for r in rows if r.get('weights') == [0.0, 1.0, 0.0]] == [run_benchmark.commit()]
     fused = {tuple(r['weights']): r for r in rows if r['kind'] == 'ensemble'}
     assert sorted(fused) == [(0.0, 1.0, 0.0), (0.6, 0.4, 0.6)]

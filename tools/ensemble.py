@@ -18,8 +18,8 @@ grid (0, 0.1, ..., 1 by default) and ranks them by the mean top-1 over the given
 accuracies it keeps the triple whose proportions are nearest the reference's, so the reference
 weights stand unless the validation scores say otherwise.
 """
-import itertools
 import argparse
+import itertools
 import os
 import sys
 
@@ -74,6 +74,28 @@ def topk_accuracy(scores, labels, ks=(1, 5)):
     return {k: float((order[:, :k] == labels[:, None]).any(axis=1).mean()) for k in ks}
 
 
+def _labels(label):
+    """(names, labels) from a label pickle path or a (names, labels) pair."""
+    if isinstance(label, (str, os.PathLike)):
+        return load_labels(label)
+    return [str(n) for n in label[0]], np.asarray(label[1], dtype=np.int64)
+
+
+def _stream_scores(names, results):
+    """{stream: (N, classes) scores in the order of `names`} for {stream: path or {name: scores}},
+    every stream with the same class count."""
+    stacked, width = {}, None
+    for stream, source in results.items():
+        from_file = isinstance(source, (str, os.PathLike))
+        where = f'{stream} ({source})' if from_file else stream
+        scores = load_pickle(source, f'{stream} result file') if from_file else source
+        stacked[stream] = align(names, scores, where)
+        if width is not None and stacked[stream].shape[1] != width:
+            raise EnsembleError(f'{where}: {stacked[stream].shape[1]} classes, other streams have {width}')
+        width = stacked[stream].shape[1]
+    return stacked
+
+
 def ensemble(label, results, weights=None, ks=(1, 5)):
     """Fuse result files.
 
@@ -82,24 +104,20 @@ def ensemble(label, results, weights=None, ks=(1, 5)):
     Returns {'accuracy': {k: fraction}, 'scores': (N, classes) fused scores in label order,
     'names': names, 'per_stream': {stream: {k: fraction}}}.
     """
-    names, labels = load_labels(label) if isinstance(label, (str, os.PathLike)) else \
-        ([str(n) for n in label[0]], np.asarray(label[1], dtype=np.int64))
+    names, labels = _labels(label)
     if not results:
         raise EnsembleError('no result files given')
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
-    fused, per_stream, width = None, {}, None
-    for stream, source in results.items():
-        where = f'{stream} ({source})' if isinstance(source, (str, os.PathLike)) else stream
-        scores = load_pickle(source, f'{stream} result file') if isinstance(source, (str, os.PathLike)) else source
-        stacked = align(names, scores, where)
-        if width is not None and stacked.shape[1] != width:
-            raise EnsembleError(f'{where}: {stacked.shape[1]} classes, other streams have {width}')
-        width = stacked.shape[1]
-        per_stream[stream] = topk_accuracy(stacked, labels, ks)
-        term = weights[stream] * stacked
-        fused = term if fused is None else fused + term
+    stacked = _stream_scores(names, results)
+    fused = sum(weights[stream] * scores for stream, scores in stacked.items())
     return {'accuracy': topk_accuracy(fused, labels, ks), 'scores': fused, 'names': names,
-            'per_stream': per_stream}
+            'per_stream': {stream: topk_accuracy(scores, labels, ks) for stream, scores in stacked.items()}}
+
+
+def proportions(weights, streams):
+    """The weights of `streams` scaled to sum 1 (rounded), the identity of a fusion."""
+    total = sum(weights[s] for s in streams)
+    return tuple(round(weights[s] / total, 6) for s in streams)
 
 
 def search_weights(label, runs, grid=None):
@@ -107,12 +125,12 @@ def search_weights(label, runs, grid=None):
 
     runs: a list of {stream: path or {name: scores}}, one per seed, all with the same streams.
     grid: the weights each stream may take (default 0, 0.1, ..., 1). Triples with the same
-    proportions are one candidate (the smallest is kept); the all-zero triple is skipped.
-    Returns [(weights {stream: w}, mean top-1, [top-1 per run])], best first; ties go to the
-    proportions nearest the reference 0.6 / 0.4 / 0.6.
+    proportions are one candidate (the smallest is kept, the reference 0.6 / 0.4 / 0.6 as itself,
+    and it is always a candidate); the all-zero triple is skipped.
+    Returns [(weights {stream: w}, mean top-1, [top-1 per run])], best first (by the count of
+    correct clips over all runs); ties go to the proportions nearest the reference's (L1).
     """
-    names, labels = load_labels(label) if isinstance(label, (str, os.PathLike)) else \
-        ([str(n) for n in label[0]], np.asarray(label[1], dtype=np.int64))
+    names, labels = _labels(label)
     if not runs:
         raise EnsembleError('no runs to choose weights on')
     streams = [s for s in STREAMS if s in runs[0]]
@@ -120,41 +138,30 @@ def search_weights(label, runs, grid=None):
     for i, run in enumerate(runs):
         if sorted(run) != sorted(streams):
             raise EnsembleError(f'run {i + 1} has streams {sorted(run)}, run 1 has {sorted(streams)}')
-        arrays = []
-        for stream in streams:
-            source = run[stream]
-            where = f'{stream} ({source})' if isinstance(source, (str, os.PathLike)) else stream
-            scores = load_pickle(source, f'{stream} result file') if isinstance(source, (str, os.PathLike)) else source
-            arrays.append(align(names, scores, where))
-        if len({a.shape[1] for a in arrays}) != 1:
-            raise EnsembleError(f'run {i + 1}: streams have different class counts {[a.shape[1] for a in arrays]}')
-        stacked.append(np.stack(arrays))
+        by_stream = _stream_scores(names, run)
+        stacked.append(np.stack([by_stream[s] for s in streams]))
     grid = sorted({round(float(w), 6) for w in (np.linspace(0, 1, 11) if grid is None else grid)})
     if any(w < 0 for w in grid):
         raise EnsembleError(f'weights must not be negative: {grid}')
-    reference = np.array([DEFAULT_WEIGHTS[s] for s in streams])
-    reference = reference / reference.sum()
-    candidates = {}
+    reference = proportions(DEFAULT_WEIGHTS, streams)
+    candidates = {reference: [DEFAULT_WEIGHTS[s] for s in streams]}
     for triple in itertools.product(grid, repeat=len(streams)):
-        total = sum(triple)
-        if total == 0:
-            continue
-        key = tuple(round(w / total, 6) for w in triple)
-        if key not in candidates:   # product() is ascending, so the first is the smallest
-            candidates[key] = np.array(triple)
+        if sum(triple) > 0:   # product() is ascending, so the first of a proportion is the smallest
+            candidates.setdefault(proportions(dict(zip(streams, triple)), streams), list(triple))
     ranked = []
     for key, w in candidates.items():
-        accs = [float(((np.tensordot(w, s, axes=1)).argmax(1) == labels).mean()) for s in stacked]
-        distance = float(np.abs(np.array(key) - reference).sum())
-        ranked.append((-float(np.mean(accs)), distance, dict(zip(streams, w.tolist())), accs))
+        correct = [int((np.tensordot(np.array(w), s, axes=1).argmax(1) == labels).sum()) for s in stacked]
+        distance = sum(abs(a - b) for a, b in zip(key, reference))
+        ranked.append((-sum(correct), distance, dict(zip(streams, w)), [c / len(labels) for c in correct]))
     ranked.sort(key=lambda r: (r[0], r[1]))
-    return [(w, -neg, accs) for neg, _, w, accs in ranked]
+    return [(w, float(np.mean(accs)), accs) for _, _, w, accs in ranked]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--label', required=True, help='label pickle of the test split (names, labels)')
+    parser.add_argument('--label', required=True, help='label pickle of the evaluated split (names, labels); '
+                        'with --search, the validation split')
     for stream in STREAMS:
         parser.add_argument(f'--{stream}', nargs='+', metavar='PKL',
                             help=f'test_result.pkl of the {stream} evaluation (with --search: one per run)')
@@ -203,16 +210,10 @@ def _search(parser, args, results):
     for weights, mean, accs in ranked[:args.show]:
         print(' '.join(f'{s} {weights[s]:g}' for s in streams) +
               f': {100 * mean:.2f}% (' + ' / '.join(f'{100 * a:.2f}' for a in accs) + ')')
-    reference = [(w, m, a) for w, m, a in ranked if _proportional(w, DEFAULT_WEIGHTS, streams)]
-    if reference:
-        print(f'reference {" ".join(f"{DEFAULT_WEIGHTS[s]:g}" for s in streams)}: {100 * reference[0][1]:.2f}%')
+    reference = next(m for w, m, _ in ranked if w == {s: DEFAULT_WEIGHTS[s] for s in streams})
+    print(f'reference {" ".join(f"{DEFAULT_WEIGHTS[s]:g}" for s in streams)}: {100 * reference:.2f}%')
     print('chosen: --weights ' + ' '.join(f'{ranked[0][0].get(s, 0):g}' for s in STREAMS))
     return 0
-
-
-def _proportional(a, b, streams):
-    ta, tb = sum(a[s] for s in streams), sum(b[s] for s in streams)
-    return all(abs(a[s] / ta - b[s] / tb) < 1e-6 for s in streams)
 
 
 if __name__ == '__main__':

@@ -42,6 +42,7 @@ import time
 import yaml
 from tqdm import tqdm
 
+PROVENANCE = 'provenance.json'   # in a job's folder: the commit and device of its latest stage
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -553,22 +554,25 @@ def run(args):
 
     stages = [(job, s) for job in jobs for s in job.stages()]
     bar = tqdm(stages, desc='benchmark', unit='stage')
-    ran = set()   # jobs with a stage run by this invocation
     for job, (name, marker, argv) in bar:
         bar.set_postfix_str(f'{job.row["method"]}/{job.kind}/{job.stream}/seed{job.seed}: {name}')
         if os.path.isfile(marker):
             continue
         seconds = run_stage(argv, os.path.join(job.work_dir, 'runner.log'))
-        ran.add(id(job))
+        # the code and machine of the job's latest stage, for its row (also after a later failure)
+        files.write_json(os.path.join(job.work_dir, PROVENANCE), {'commit': commit(), 'device': device_name()})
         tqdm.write(f'{job.work_dir}: {name} done in {seconds / 60:.1f} min')
 
     out_json = args.out or suite['results'][args.split]
     previous = {row_key(r): r for r in read_rows(out_json)}
     results = []
     for job in jobs:
-        result = job.result()
-        old = previous.get(row_key(result))
-        if id(job) not in ran and old:   # nothing re-run: the row keeps the code and machine it ran on
+        result, made = job.result(), os.path.join(job.work_dir, PROVENANCE)
+        if os.path.isfile(made):
+            with open(made) as f:
+                result.update(json.load(f))
+        elif row_key(result) in previous:   # a run from before provenance files: keep what its row said
+            old = previous[row_key(result)]
             result.update({k: old[k] for k in ('commit', 'device') if k in old})
         results.append(result)
     fusion_weights = args.ensemble_weights or [DEFAULT_WEIGHTS[s] for s in STREAMS]
@@ -592,6 +596,9 @@ def run(args):
                               'linear_top5_final': round(100 * out['accuracy'][5], 2),
                               'per_stream_top1': {s: round(100 * a[1], 2) for s, a in out['per_stream'].items()},
                               'commit': commit()})
+            old = previous.get(row_key(ensembles[-1]))
+            if old and old['linear_top1_final'] == ensembles[-1]['linear_top1_final']:
+                ensembles[-1]['commit'] = old.get('commit')   # the same figure: keep its row as it was
     all_rows = merge_rows(out_json, results + ensembles)
     files.write_json(out_json, all_rows)
     table = markdown([r for r in all_rows if r.get('kind') != 'ensemble'],
