@@ -251,12 +251,26 @@ class Job:
                 'supervised': f'supervised {architecture}', 'raw': 'raw coordinates'}[self.kind]
         return name + self.suffix
 
+    def record_provenance(self):
+        """Note the code and machine of a stage just run, for the job's row (also when a later
+        stage or job of the same invocation fails)."""
+        files.write_json(os.path.join(self.work_dir, PROVENANCE), {'commit': commit(), 'device': device_name()})
+
+    def provenance(self):
+        """{'commit', 'device'} of the job's latest stage, or None for a run from before the file."""
+        path = os.path.join(self.work_dir, PROVENANCE)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
     def result(self):
         supervised = self.kind == 'supervised'
         linear = json.load(open(os.path.join(self.eval_dir('finetune' if supervised else 'linear'), 'results.json')))
         # the supervised reference has no k-NN (its saved model is the test-selected best epoch)
         knn = {} if supervised else json.load(open(os.path.join(self.eval_dir('knn'), 'knn_results.json')))
         pct = lambda v: None if v is None else round(100 * v, 2)
+        made = self.provenance() or {'commit': commit(), 'device': device_name()}
         config = {'ssl': lambda: self.pretrain_row['pretrain'][1], 'untrained': lambda: self.row['evaluate'],
                   'supervised': lambda: self.row['supervised'],
                   'raw': lambda: self.suite['raw_baseline']['evaluate']}[self.kind]()
@@ -272,10 +286,10 @@ class Job:
             # 1 = every training clip embeds alike (a collapsed encoder)
             'train_mean_pairwise_cosine': knn.get('train_mean_pairwise_cosine'),
             'pretrain_seconds': self.pretrain_seconds() if self.kind == 'ssl' else 0,
-            'epochs': self.at_epoch or self.epochs, 'device': device_name(), 'config': config,
+            'epochs': self.at_epoch or self.epochs, 'device': made['device'], 'config': config,
             'overrides': ' '.join(self.overrides + self.shared + self.probe),
             # options of every stage (all.KEY): the encoder or its input differ from the plain baseline's
-            'shared_overrides': ' '.join(self.shared), 'commit': commit(), 'work_dir': self.work_dir,
+            'shared_overrides': ' '.join(self.shared), 'commit': made['commit'], 'work_dir': self.work_dir,
         }
 
 
@@ -442,7 +456,7 @@ def build_parser():
                         "preprocessing of the same splits); rows are labelled [VARIANT]")
     p.add_argument('--tag', default='', help='names a --set variant (folder and method suffix)')
     p.add_argument('--ensemble-weights', type=float, nargs=3, metavar=('JOINT', 'MOTION', 'BONE'),
-                   help='fusion weights of the 3-stream ensembles (default the reference 0.6 0.4 0.6); '
+                   default=[DEFAULT_WEIGHTS[s] for s in STREAMS], help='fusion weights of the 3-stream ensembles (default the reference 0.6 0.4 0.6); '
                         'choose them on --split val scores with tools/ensemble.py --search. Rows with other '
                         'weights are kept beside the reference ones')
     p.add_argument('--out', help='JSON rows file (default: the suite\'s results[split])')
@@ -470,7 +484,7 @@ def run(args):
         raise SuiteError(f'{args.suite}: no split {args.split!r} (has {sorted(suite["splits"])})')
     if args.set and not args.tag:
         raise SuiteError('--set needs a --tag naming the variant')
-    if args.ensemble_weights and (min(args.ensemble_weights) < 0 or not any(args.ensemble_weights)):
+    if min(args.ensemble_weights) < 0 or not any(args.ensemble_weights):
         raise SuiteError(f'--ensemble-weights {args.ensemble_weights}: weights must be >= 0 and not all zero')
     if args.tag in data_names or not re.fullmatch(r'[A-Za-z0-9_.-]*', args.tag):
         raise SuiteError(f'--tag {args.tag!r}: use letters, digits and _ . - and not the name of the '
@@ -559,23 +573,18 @@ def run(args):
         if os.path.isfile(marker):
             continue
         seconds = run_stage(argv, os.path.join(job.work_dir, 'runner.log'))
-        # the code and machine of the job's latest stage, for its row (also after a later failure)
-        files.write_json(os.path.join(job.work_dir, PROVENANCE), {'commit': commit(), 'device': device_name()})
+        job.record_provenance()
         tqdm.write(f'{job.work_dir}: {name} done in {seconds / 60:.1f} min')
 
     out_json = args.out or suite['results'][args.split]
     previous = {row_key(r): r for r in read_rows(out_json)}
     results = []
     for job in jobs:
-        result, made = job.result(), os.path.join(job.work_dir, PROVENANCE)
-        if os.path.isfile(made):
-            with open(made) as f:
-                result.update(json.load(f))
-        elif row_key(result) in previous:   # a run from before provenance files: keep what its row said
+        result = job.result()
+        if job.provenance() is None and row_key(result) in previous:   # a run from before provenance files
             old = previous[row_key(result)]
             result.update({k: old[k] for k in ('commit', 'device') if k in old})
         results.append(result)
-    fusion_weights = args.ensemble_weights or [DEFAULT_WEIGHTS[s] for s in STREAMS]
     ensembles = []
     for row in rows:
         if not row.get('ensemble'):
@@ -588,10 +597,10 @@ def run(args):
                 continue
             out = ensemble(suite['splits'][args.split]['test_label'],
                            {s: os.path.join(by_stream[s].eval_dir('linear'), 'test_result_final.pkl')
-                            for s in STREAMS}, dict(zip(STREAMS, fusion_weights)))
+                            for s in STREAMS}, dict(zip(STREAMS, args.ensemble_weights)))
             ensembles.append({'method': by_stream['joint'].label, 'data': suite['data'],
                               'kind': 'ensemble', 'streams': list(STREAMS), 'seed': seed,
-                              'split': args.split, 'weights': fusion_weights,
+                              'split': args.split, 'weights': args.ensemble_weights,
                               'linear_top1_final': round(100 * out['accuracy'][1], 2),
                               'linear_top5_final': round(100 * out['accuracy'][5], 2),
                               'per_stream_top1': {s: round(100 * a[1], 2) for s, a in out['per_stream'].items()},
