@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.graph import agcn_adjacency
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 
@@ -121,9 +122,9 @@ class Model(nn.Module):
         try:
             A = torch.tensor(agcn_adjacency(**(graph_args or {})))
         except TypeError as err:
-            raise ValueError(f'AGCN graph_args accepts layout and labeling_mode; got {graph_args}: {err}') from None
+            raise ConfigError(f'model_args.graph_args: AGCN accepts layout and labeling_mode; got {graph_args}: {err}') from None
         if A.shape[-1] != num_point:
-            raise ValueError(f'AGCN num_point={num_point} but the graph has {A.shape[-1]} joints')
+            raise ConfigError(f'model_args.num_point: AGCN num_point={num_point} but the graph has {A.shape[-1]} joints')
         self.register_buffer('A', A, persistent=False)
         self.in_channels, self.num_point, self.num_person = in_channels, num_point, num_person
         self.data_bn = nn.BatchNorm1d(num_person * in_channels * num_point)

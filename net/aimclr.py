@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from net.moco import MoCo
 from net.skeletonclr import FINETUNE_BEHAVIOURS, top1_positive
+from torchlight.config import ConfigError
 from torchlight.registry import MODELS
 
 
@@ -83,7 +84,7 @@ class AimCLR(MoCo):
                          num_class=num_class, key_init=key_init, init_weights=init_weights,
                          eadm=eadm, **encoder_args)
         if int(topk) < 1:
-            raise ValueError(f'topk must be >= 1, got {topk}')
+            raise ConfigError(f'model_args.topk must be >= 1, got {topk}')
         self.mining_epoch = int(mining_epoch)
         self.topk = int(topk)
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from net.moco import MoCo
 from net.skeletonclr import top1_positive
 from torchlight import dist
+from torchlight.config import ConfigError
 from torchlight.registry import MODELS
 
 
@@ -186,7 +187,7 @@ class ASAR(MoCo):
         if not pretrain:
             return
         if self.K < 2 or not 1 <= self.neighbours <= self.K:
-            raise ValueError(f'ASAR needs queue_size >= 2 and 1 <= neighbours <= queue_size '
+            raise ConfigError(f'model_args: ASAR needs queue_size >= 2 and 1 <= neighbours <= queue_size '
                              f'(got queue_size {self.K}, neighbours {self.neighbours})')
         # Unused; kept so checkpoints carry the reference's keys (doc 3.8).
         self.register_buffer('labels', torch.full((self.K,), -1, dtype=torch.long))

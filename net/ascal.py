@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from net.moco import MoCo, encoder_kwargs
 from net.skeletonclr import top1_positive
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS, MODELS
 
 
@@ -65,7 +66,7 @@ class ASCAL(MoCo):
         # does not have; its queue, EMA and logits methods are reused as they are.
         nn.Module.__init__(self)
         if loss_type not in LOSSES:
-            raise ValueError(f'loss_type must be one of {sorted(LOSSES)}, got {loss_type!r}')
+            raise ConfigError(f'model_args.loss_type must be one of {sorted(LOSSES)}, got {loss_type!r}')
         encoder_cls = ENCODERS.get(base_encoder)
         args = encoder_kwargs(encoder_cls, encoder_args)
         self.pretrain = pretrain

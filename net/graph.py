@@ -8,6 +8,7 @@ part. Checkpoints store ``A``, so the values must match bit for bit after the fl
 import numpy as np
 
 from feeder.layouts import BUILTIN, NTU, NTU_EDGES_1BASED, NW_UCLA, get_layout  # noqa: F401
+from torchlight.config import ConfigError
 
 # The built-in layouts' graphs (feeder/layouts.py holds them; a layout file declares your own).
 NTU_EDGES = BUILTIN[NTU].edges
@@ -50,7 +51,7 @@ class Graph:
         """layout: a built-in name or a layout file (feeder/layouts.py)."""
         skeleton = get_layout(layout)
         if strategy not in STRATEGIES:
-            raise ValueError(f'unknown graph strategy {strategy!r}; valid: {list(STRATEGIES)}')
+            raise ConfigError(f'model_args.graph_args.strategy: unknown graph strategy {strategy!r}; valid: {list(STRATEGIES)}')
         self.layout, self.strategy = layout, strategy
         self.max_hop, self.dilation = max_hop, dilation
         self.num_node, self.edges, self.center = skeleton.num_joints, skeleton.edges, skeleton.center
@@ -110,7 +111,7 @@ def agcn_adjacency(layout='ntu-rgb+d', labeling_mode='spatial'):
     outward (reversed) edges. Unlike ST-GCN's ``A`` it is not stored in checkpoints."""
     skeleton = get_layout(layout)
     if labeling_mode not in AGCN_LABELINGS:
-        raise ValueError(f'unknown AGCN labeling_mode {labeling_mode!r}; valid: {list(AGCN_LABELINGS)}')
+        raise ConfigError(f'model_args.graph_args.labeling_mode: unknown AGCN labeling_mode {labeling_mode!r}; valid: {list(AGCN_LABELINGS)}')
     num_node, inward = skeleton.num_joints, skeleton.edges
     outward = [(j, i) for i, j in inward]
     parts = (np.eye(num_node), normalize_digraph(edge_matrix(inward, num_node)),

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 
@@ -23,7 +24,7 @@ class HCN(nn.Module):
                  num_class=60):
         super().__init__()
         if window_size % 16:
-            raise ValueError(f'HCN window_size must be a multiple of 16 (four 2x poolings), got {window_size}')
+            raise ConfigError(f'model_args.window_size: HCN window_size must be a multiple of 16 (four 2x poolings), got {window_size}')
         self.in_channel, self.num_joint, self.num_person = in_channel, num_joint, num_person
         self.window_size = window_size
         for tag in ('', 'm'):   # position stream, then motion stream

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from net.hico_encoder import HiCoEncoder, xavier_init
 from net.moco import encoder_kwargs, momentum_update_, write_queue_
 from torchlight import dist
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS, MODELS
 
 QUEUE_PTR_MODES = ('GK', 'K')
@@ -47,9 +48,9 @@ class HiCo(nn.Module):
         super().__init__()
         encoder_cls = ENCODERS.get(base_encoder)
         if not issubclass(encoder_cls, HiCoEncoder):
-            raise ValueError(f'HiCo needs the hierarchical encoder (hico_encoder), got base_encoder {base_encoder!r}')
+            raise ConfigError(f'model_args.base_encoder: HiCo needs the hierarchical encoder (hico_encoder), got base_encoder {base_encoder!r}')
         if queue_ptr_mod not in QUEUE_PTR_MODES:
-            raise ValueError(f'queue_ptr_mod must be one of {QUEUE_PTR_MODES}, got {queue_ptr_mod!r}')
+            raise ConfigError(f'model_args.queue_ptr_mod must be one of {QUEUE_PTR_MODES}, got {queue_ptr_mod!r}')
         args = encoder_kwargs(encoder_cls, encoder_args)
         self.pretrain = pretrain
         if not pretrain:

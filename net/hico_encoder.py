@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from torchlight.io import WeightsError
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 ENCODER_TYPES = ('Transformer', 'GRU', 'LSTM')
@@ -91,11 +92,11 @@ class HiEncoder(nn.Module):
                  dropout=0.1):
         super().__init__()
         if encoder not in ENCODER_TYPES:
-            raise ValueError(f'HiCo encoder must be one of {ENCODER_TYPES}, got {encoder!r}')
+            raise ConfigError(f'model_args.encoder: HiCo encoder must be one of {ENCODER_TYPES}, got {encoder!r}')
         if encoder != 'Transformer' and hidden_size % 2:
-            raise ValueError(f'hidden_size must be even for a bidirectional {encoder}, got {hidden_size}')
+            raise ConfigError(f'model_args.hidden_size must be even for a bidirectional {encoder}, got {hidden_size}')
         if granularity < 1:
-            raise ValueError(f'granularity must be >= 1, got {granularity}')
+            raise ConfigError(f'model_args.granularity must be >= 1, got {granularity}')
         self.encoder, self.granularity, self.factor = encoder, granularity, factor
         self.t_input_size, self.s_input_size, self.d_model = t_input_size, s_input_size, hidden_size
         self.t_embedding = _embedding(t_input_size, hidden_size)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from net.mamp_transformer import MAMPTransformer, block_stack, init_weights, interpolate_temp_embed
 from net.moco import encoder_kwargs
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS, MODELS
 
 DECODER_KEYS = ('decoder_', 'mask_token')
@@ -91,7 +92,7 @@ class MAMP(nn.Module):
         super().__init__()
         encoder_cls = ENCODERS.get(base_encoder)
         if not issubclass(encoder_cls, MAMPTransformer):
-            raise ValueError(f'MAMP needs the MAMP transformer (mamp_transformer), got base_encoder {base_encoder!r}')
+            raise ConfigError(f'model_args.base_encoder: MAMP needs the MAMP transformer (mamp_transformer), got base_encoder {base_encoder!r}')
         args = encoder_kwargs(encoder_cls, encoder_args)
         self.pretrain = pretrain
         if not pretrain:
@@ -102,10 +103,10 @@ class MAMP(nn.Module):
         enc = self.encoder_q
         self.mask_ratio, self.tau, self.motion_stride = float(mask_ratio), float(motion_aware_tau), int(motion_stride)
         if not 0 < mask_ratio < 1 or self.num_keep(enc.t_grid * enc.grid) < 1:
-            raise ValueError(f'mask_ratio must lie in (0, 1) and keep at least one of the '
+            raise ConfigError(f'model_args.mask_ratio must lie in (0, 1) and keep at least one of the '
                              f'{enc.t_grid * enc.grid} tokens, got {mask_ratio}')
         if not 1 <= self.motion_stride < enc.num_frames:
-            raise ValueError(f'motion_stride must lie in [1, num_frames), got {motion_stride}')
+            raise ConfigError(f'model_args.motion_stride must lie in [1, num_frames), got {motion_stride}')
         self.norm_skes_loss = bool(norm_skes_loss)
         self.decoder_embed = nn.Linear(enc.norm.normalized_shape[0], decoder_dim_feat)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim_feat))

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 PROTOCOLS = ('linprobe', 'finetune')
@@ -38,7 +39,7 @@ class Attention(nn.Module):
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'dim_feat {dim} is not divisible by num_heads {num_heads}')
+            raise ConfigError(f'model_args.dim_feat {dim} is not divisible by num_heads {num_heads}')
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)   # output rows ordered (q/k/v, head, dim)
@@ -135,9 +136,9 @@ class MAMPTransformer(nn.Module):
                  protocol='linprobe', num_classes=None, head_dropout=0.3, hidden_dim=2048):
         super().__init__()
         if protocol not in PROTOCOLS:
-            raise ValueError(f'protocol must be one of {PROTOCOLS}, got {protocol!r}')
+            raise ConfigError(f'model_args.protocol must be one of {PROTOCOLS}, got {protocol!r}')
         if num_frames % t_patch_size or num_joints % patch_size:
-            raise ValueError(f'num_frames {num_frames} / num_joints {num_joints} must be multiples of '
+            raise ConfigError(f'model_args: num_frames {num_frames} / num_joints {num_joints} must be multiples of '
                              f't_patch_size {t_patch_size} / patch_size {patch_size}')
         self.dim_in, self.num_frames, self.num_joints = dim_in, num_frames, num_joints
         self.t_patch_size, self.patch_size = t_patch_size, patch_size

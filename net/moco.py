@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from net.init import weights_init
 from torchlight import dist
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 
@@ -67,7 +68,7 @@ class MoCo(nn.Module):
                  key_init='copy', init_weights=True, **encoder_args):
         super().__init__()
         if key_init not in ('copy', 'reference'):
-            raise ValueError(f"key_init must be 'copy' or 'reference', got {key_init!r}")
+            raise ConfigError(f"model_args.key_init must be 'copy' or 'reference', got {key_init!r}")
         encoder_cls = ENCODERS.get(base_encoder)
         self.pretrain = pretrain
         self.K = int(queue_size)

@@ -12,6 +12,7 @@ frames included.
 """
 import torch.nn as nn
 
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 TAPS = ('mean', 'last', 'sum')
@@ -41,7 +42,7 @@ class RecurrentEncoder(nn.Module):
         super().__init__()
         # method-level keys of the config (queue_size, ...) reach the encoder too; they are ignored
         if tap not in TAPS:
-            raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
+            raise ConfigError(f"model_args.tap must be one of {TAPS}, got {tap!r}")
         self.input_size, self.tap = int(input_size), tap
         setattr(self, self.attribute, self.cell(self.input_size, int(hidden_units),
                                                 num_layers=int(lstm_layer), bidirectional=bool(bidirectional)))

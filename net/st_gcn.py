@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net.graph import Graph
+from torchlight.config import ConfigError
 from torchlight.registry import ENCODERS
 
 EADM_MODES = ('off', 'fixed')
@@ -273,7 +274,7 @@ class EADM(nn.Module):
         if mode is False:   # an unquoted `eadm: off` (YAML reads it as false)
             mode = 'off'
         if mode not in EADM_MODES:
-            raise ValueError(f'unknown eadm mode {mode!r}; valid: {list(EADM_MODES)}')
+            raise ConfigError(f'model_args.eadm: unknown eadm mode {mode!r}; valid: {list(EADM_MODES)}')
         self.keep_prob, self.e_lambda, self.mode = keep_prob, e_lambda, mode
 
     def extra_repr(self):
@@ -311,7 +312,7 @@ class Model(nn.Module):
                  keep_prob=0.7, impl='auto', **kwargs):
         super().__init__()
         if impl not in IMPLS:
-            raise ValueError(f'unknown impl {impl!r}; valid: {list(IMPLS)}')
+            raise ConfigError(f'model_args.impl: unknown impl {impl!r}; valid: {list(IMPLS)}')
         self.impl = impl
         # Unused kwargs are accepted: reference configs pass method-level keys through.
         self.graph = Graph(**(graph_args or {'layout': 'ntu-rgb+d', 'strategy': 'spatial'}))

@@ -97,6 +97,24 @@ def test_an_isc_gru_readout_it_does_not_know_is_one_clear_line(tiny_data, tmp_pa
     assert "error: model_args.readout must be one of ('last', 'mean'), got 'max'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('task, model_args, line', [
+    ('pretrain_skeletonclr', {'key_init': 'zero'}, "model_args.key_init must be 'copy' or 'reference', got 'zero'"),
+    ('pretrain_skeletonclr', {'impl': 'quick'}, "model_args.impl: unknown impl 'quick'"),
+    ('pretrain_skeletonclr', {'eadm': 'sometimes'}, "model_args.eadm: unknown eadm mode 'sometimes'"),
+    ('pretrain_skeletonclr', {'graph_args': {'layout': 'ntu-rgb+d', 'strategy': 'star'}},
+     "model_args.graph_args.strategy: unknown graph strategy 'star'"),
+    ('pretrain_aimclr', {'topk': 0}, 'model_args.topk must be >= 1, got 0'),
+])
+def test_a_model_argument_an_encoder_refuses_is_one_line_naming_the_key(tiny_data, tmp_path, capsys, task,
+                                                                         model_args, line):
+    from tests.conftest import pretrain_argv
+    argv = [task] + pretrain_argv(tiny_data, str(tmp_path / 'w'), model=task.split('_', 1)[1],
+                                  model_args=model_args)
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ' + line), err
+
+
 def test_effective_config_saved_and_previous_kept(tiny_data, tmp_path):
     from tests.conftest import pretrain_argv
     work = str(tmp_path / 'w')

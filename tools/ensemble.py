@@ -30,6 +30,7 @@ from torchlight.files import DataFileError, load_label_pickle, load_pickle  # no
 
 STREAMS = ('joint', 'motion', 'bone')
 DEFAULT_WEIGHTS = {'joint': 0.6, 'motion': 0.4, 'bone': 0.6}
+REFERENCE_WEIGHTS = [DEFAULT_WEIGHTS[s] for s in STREAMS]   # in STREAMS order, as --weights takes them
 
 
 class EnsembleError(ValueError):
@@ -166,7 +167,7 @@ def main(argv=None):
         parser.add_argument(f'--{stream}', nargs='+', metavar='PKL',
                             help=f'test_result.pkl of the {stream} evaluation (with --search: one per run)')
     parser.add_argument('--weights', type=float, nargs=3, metavar=('JOINT', 'MOTION', 'BONE'),
-                        default=[DEFAULT_WEIGHTS[s] for s in STREAMS],
+                        default=REFERENCE_WEIGHTS,
                         help='fusion weights for joint, motion, bone (default 0.6 0.4 0.6)')
     parser.add_argument('--topk', type=int, nargs='+', default=[1, 5], help='top-k accuracies to report')
     parser.add_argument('--search', action='store_true',

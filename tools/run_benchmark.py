@@ -47,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.ensemble import DEFAULT_WEIGHTS, STREAMS, ensemble   # noqa: E402
+from tools.ensemble import REFERENCE_WEIGHTS, STREAMS, ensemble   # noqa: E402
 from torchlight import files   # noqa: E402
 
 
@@ -394,10 +394,9 @@ def markdown(rows, ensembles, title, architectures=None):
                      f'{mean_range([r["linear_top1_best"] for r in rs])} | '
                      f'{mean_range([r["knn_top1"] for r in rs])} | {gain_text} | {rs[0]["epochs"] or "-"} | '
                      f'{time_text} |')
-    reference = [DEFAULT_WEIGHTS[s] for s in STREAMS]
     for e in ensembles:
-        weights = e.get('weights') or reference
-        weight_text = '' if weights == reference else f', weights {"/".join(f"{w:g}" for w in weights)}'
+        weights = e.get('weights') or REFERENCE_WEIGHTS
+        weight_text = '' if weights == REFERENCE_WEIGHTS else f', weights {"/".join(f"{w:g}" for w in weights)}'
         lines.append(f'| {e["method"]} | ensemble ({"+".join(e["streams"])}{weight_text}) | {e["seed"]} | '
                      f'{e["linear_top1_final"]:.1f} | - | - | - | - | - |')
     lines += ['', 'Mean over the listed seeds with the range in brackets. * best epoch of the linear '
@@ -456,7 +455,7 @@ def build_parser():
                         "preprocessing of the same splits); rows are labelled [VARIANT]")
     p.add_argument('--tag', default='', help='names a --set variant (folder and method suffix)')
     p.add_argument('--ensemble-weights', type=float, nargs=3, metavar=('JOINT', 'MOTION', 'BONE'),
-                   default=[DEFAULT_WEIGHTS[s] for s in STREAMS], help='fusion weights of the 3-stream ensembles (default the reference 0.6 0.4 0.6); '
+                   default=REFERENCE_WEIGHTS, help='fusion weights of the 3-stream ensembles (default the reference 0.6 0.4 0.6); '
                         'choose them on --split val scores with tools/ensemble.py --search. Rows with other '
                         'weights are kept beside the reference ones')
     p.add_argument('--out', help='JSON rows file (default: the suite\'s results[split])')
