@@ -187,8 +187,8 @@ class ASAR(MoCo):
         if not pretrain:
             return
         if self.K < 2 or not 1 <= self.neighbours <= self.K:
-            raise ConfigError(f'model_args: ASAR needs queue_size >= 2 and 1 <= neighbours <= queue_size '
-                             f'(got queue_size {self.K}, neighbours {self.neighbours})')
+            raise ConfigError(f'model_args.queue_size / neighbours: ASAR needs queue_size >= 2 and '
+                              f'1 <= neighbours <= queue_size (got queue_size {self.K}, neighbours {self.neighbours})')
         # Unused; kept so checkpoints carry the reference's keys (doc 3.8).
         self.register_buffer('labels', torch.full((self.K,), -1, dtype=torch.long))
         # Position inside the current epoch, for the k-means seed. A resumed run restarts at an

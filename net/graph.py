@@ -52,6 +52,8 @@ class Graph:
         skeleton = get_layout(layout)
         if strategy not in STRATEGIES:
             raise ConfigError(f'model_args.graph_args.strategy: unknown graph strategy {strategy!r}; valid: {list(STRATEGIES)}')
+        if int(max_hop) < 0 or int(dilation) < 1:
+            raise ConfigError(f'model_args.graph_args: max_hop must be >= 0 and dilation >= 1, got {max_hop} and {dilation}')
         self.layout, self.strategy = layout, strategy
         self.max_hop, self.dilation = max_hop, dilation
         self.num_node, self.edges, self.center = skeleton.num_joints, skeleton.edges, skeleton.center

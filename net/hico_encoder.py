@@ -95,6 +95,8 @@ class HiEncoder(nn.Module):
             raise ConfigError(f'model_args.encoder: HiCo encoder must be one of {ENCODER_TYPES}, got {encoder!r}')
         if encoder != 'Transformer' and hidden_size % 2:
             raise ConfigError(f'model_args.hidden_size must be even for a bidirectional {encoder}, got {hidden_size}')
+        if encoder == 'Transformer' and hidden_size % num_head:
+            raise ConfigError(f'model_args.hidden_size {hidden_size} is not divisible by num_head {num_head}')
         if granularity < 1:
             raise ConfigError(f'model_args.granularity must be >= 1, got {granularity}')
         self.encoder, self.granularity, self.factor = encoder, granularity, factor

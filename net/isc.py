@@ -96,7 +96,13 @@ class ISCInter(MoCo):
             raise ConfigError(f'model_args.second_encoder: {err.args[0]}') from None
         args = dict(second_encoder_args or {})
         check_kwargs(args, 'model_args.second_encoder_args', second_cls)
-        self.encoder_r = second_cls(num_class=feature_dim, **args)
+        try:
+            self.encoder_r = second_cls(num_class=feature_dim, **args)
+        except ConfigError as err:   # the encoder names its key as model_args.KEY
+            message = str(err)
+            message = (message.replace('model_args.', 'model_args.second_encoder_args.', 1)
+                       if message.startswith('model_args.') else f'model_args.second_encoder_args: {message}')
+            raise ConfigError(message) from None
         self.encoder_l = second_cls(num_class=feature_dim, **args)
         self.encoder_l.load_state_dict(self.encoder_r.state_dict())
         self.encoder_l.requires_grad_(False)

@@ -104,9 +104,12 @@ class MAMP(nn.Module):
         self.mask_ratio, self.tau, self.motion_stride = float(mask_ratio), float(motion_aware_tau), int(motion_stride)
         if not 0 < mask_ratio < 1 or self.num_keep(enc.t_grid * enc.grid) < 1:
             raise ConfigError(f'model_args.mask_ratio must lie in (0, 1) and keep at least one of the '
-                             f'{enc.t_grid * enc.grid} tokens, got {mask_ratio}')
+                              f'{enc.t_grid * enc.grid} tokens, got {mask_ratio}')
         if not 1 <= self.motion_stride < enc.num_frames:
             raise ConfigError(f'model_args.motion_stride must lie in [1, num_frames), got {motion_stride}')
+        if decoder_dim_feat % enc.block_args['num_heads']:
+            raise ConfigError(f'model_args.decoder_dim_feat {decoder_dim_feat} is not divisible by num_heads '
+                              f'{enc.block_args["num_heads"]}')
         self.norm_skes_loss = bool(norm_skes_loss)
         self.decoder_embed = nn.Linear(enc.norm.normalized_shape[0], decoder_dim_feat)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim_feat))

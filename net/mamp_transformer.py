@@ -39,7 +39,7 @@ class Attention(nn.Module):
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
         if dim % num_heads:
-            raise ConfigError(f'model_args.dim_feat {dim} is not divisible by num_heads {num_heads}')
+            raise ValueError(f'width {dim} is not divisible by num_heads {num_heads}')
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)   # output rows ordered (q/k/v, head, dim)
@@ -137,9 +137,11 @@ class MAMPTransformer(nn.Module):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(f'model_args.protocol must be one of {PROTOCOLS}, got {protocol!r}')
+        if dim_feat % num_heads:
+            raise ConfigError(f'model_args.dim_feat {dim_feat} is not divisible by num_heads {num_heads}')
         if num_frames % t_patch_size or num_joints % patch_size:
-            raise ConfigError(f'model_args: num_frames {num_frames} / num_joints {num_joints} must be multiples of '
-                             f't_patch_size {t_patch_size} / patch_size {patch_size}')
+            raise ConfigError(f'model_args.num_frames / num_joints ({num_frames} / {num_joints}) must be multiples of '
+                              f't_patch_size / patch_size ({t_patch_size} / {patch_size})')
         self.dim_in, self.num_frames, self.num_joints = dim_in, num_frames, num_joints
         self.t_patch_size, self.patch_size = t_patch_size, patch_size
         self.t_grid, self.grid = num_frames // t_patch_size, num_joints // patch_size

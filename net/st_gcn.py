@@ -315,7 +315,11 @@ class Model(nn.Module):
             raise ConfigError(f'model_args.impl: unknown impl {impl!r}; valid: {list(IMPLS)}')
         self.impl = impl
         # Unused kwargs are accepted: reference configs pass method-level keys through.
-        self.graph = Graph(**(graph_args or {'layout': 'ntu-rgb+d', 'strategy': 'spatial'}))
+        try:
+            self.graph = Graph(**(graph_args or {'layout': 'ntu-rgb+d', 'strategy': 'spatial'}))
+        except TypeError as err:
+            raise ConfigError(f'model_args.graph_args: ST-GCN accepts layout, strategy, max_hop and dilation; '
+                              f'got {graph_args}: {err}') from None
         self.register_buffer('A', torch.tensor(self.graph.A, dtype=torch.float32))
         k, v = self.A.shape[:2]
         self.in_channels, self.num_joints = in_channels, v

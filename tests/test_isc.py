@@ -143,3 +143,12 @@ def test_bad_second_encoder_arguments_are_named():
         ISCInter(**GRU, second_encoder='hcn', second_encoder_args={'hidden': 3}, queue_size=8)
     with pytest.raises(ConfigError, match="model_args.second_encoder: unknown encoder 'gcn'"):
         ISCInter(**GRU, second_encoder='gcn', queue_size=8)
+    # a value the second encoder refuses names its key under second_encoder_args, not model_args
+    with pytest.raises(ConfigError, match=r"^model_args\.second_encoder_args\.window_size: HCN window_size"):
+        ISCInter(**GRU, second_encoder='hcn', second_encoder_args={**HCN, 'window_size': 20}, queue_size=8)
+    agcn = {'num_point': 20, 'num_person': 1, 'graph_args': {'layout': 'nw-ucla', 'labeling_mode': 'star'}}
+    with pytest.raises(ConfigError, match=r"^model_args\.second_encoder_args\.graph_args\.labeling_mode: "):
+        ISCInter(**GRU, second_encoder='agcn', second_encoder_args=agcn, queue_size=8)
+    agcn['graph_args'] = {'layout': 'no-such-layout'}
+    with pytest.raises(ConfigError, match=r"^model_args\.second_encoder_args: "):
+        ISCInter(**GRU, second_encoder='agcn', second_encoder_args=agcn, queue_size=8)

@@ -167,7 +167,7 @@ def main(argv=None):
         parser.add_argument(f'--{stream}', nargs='+', metavar='PKL',
                             help=f'test_result.pkl of the {stream} evaluation (with --search: one per run)')
     parser.add_argument('--weights', type=float, nargs=3, metavar=('JOINT', 'MOTION', 'BONE'),
-                        default=REFERENCE_WEIGHTS,
+                        default=list(REFERENCE_WEIGHTS),
                         help='fusion weights for joint, motion, bone (default 0.6 0.4 0.6)')
     parser.add_argument('--topk', type=int, nargs='+', default=[1, 5], help='top-k accuracies to report')
     parser.add_argument('--search', action='store_true',

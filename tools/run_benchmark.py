@@ -455,7 +455,7 @@ def build_parser():
                         "preprocessing of the same splits); rows are labelled [VARIANT]")
     p.add_argument('--tag', default='', help='names a --set variant (folder and method suffix)')
     p.add_argument('--ensemble-weights', type=float, nargs=3, metavar=('JOINT', 'MOTION', 'BONE'),
-                   default=REFERENCE_WEIGHTS, help='fusion weights of the 3-stream ensembles (default the reference 0.6 0.4 0.6); '
+                   default=list(REFERENCE_WEIGHTS), help='fusion weights of the 3-stream ensembles (default the reference 0.6 0.4 0.6); '
                         'choose them on --split val scores with tools/ensemble.py --search. Rows with other '
                         'weights are kept beside the reference ones')
     p.add_argument('--out', help='JSON rows file (default: the suite\'s results[split])')
