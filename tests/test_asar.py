@@ -324,6 +324,23 @@ def test_resume_replays_active_sampling(tiny_data, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_reference_dequeue_with_a_batch_other_than_feature_dim_is_refused_at_set_up(tiny_data, tmp_path, capsys):
+    # batch 8, feature_dim 8 (pretrain_argv): the reference block fits, the run goes on
+    assert main.main(['pretrain_asar'] + asar_argv(tiny_data, str(tmp_path / 'fits'), 2,
+                                                  ['--behaviour', 'reference'])) == 0
+    # batch 6: one line at set-up naming the key, not a traceback after active_epoch
+    work = str(tmp_path / 'w')
+    assert main.main(['pretrain_asar'] + asar_argv(tiny_data, work, 2, ['--behaviour', 'reference',
+                                                                        '--batch_size', '6'])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: model_args.asar_compat: the reference dequeue block '
+                                               'needs batch_size (6) to equal model_args.feature_dim (8)'), err
+    assert not os.path.exists(os.path.join(work, 'epoch1_model.pt'))
+    # active sampling never starts (num_epoch <= active_epoch): nothing to refuse
+    assert main.main(['pretrain_asar'] + asar_argv(tiny_data, str(tmp_path / 'early'), 1,
+                                                  ['--behaviour', 'reference', '--batch_size', '6'])) == 0
+
+
 # ----------------------------------------------------------------------------- distributed
 def _ddp_worker(rank, world, init_file, out_dir, q, k):
     import torch.distributed as tdist
