@@ -104,6 +104,7 @@ def test_an_isc_gru_readout_it_does_not_know_is_one_clear_line(tiny_data, tmp_pa
     ('pretrain_skeletonclr', {'graph_args': {'layout': 'ntu-rgb+d', 'strategy': 'star'}},
      "model_args.graph_args.strategy: unknown graph strategy 'star'"),
     ('pretrain_aimclr', {'topk': 0}, 'model_args.topk must be >= 1, got 0'),
+    ('pretrain_aimclr', {'topk': 'abc'}, "model_args.topk: cannot read 'abc' as a number (the default is 1)"),
 ])
 def test_a_model_argument_an_encoder_refuses_is_one_line_naming_the_key(tiny_data, tmp_path, capsys, task,
                                                                          model_args, line):

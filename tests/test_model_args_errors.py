@@ -14,7 +14,7 @@ from net.mamp import MAMP
 from net.mamp_transformer import MAMPTransformer
 from net.rnn_encoder import BiLSTM
 from net.st_gcn import Model as STGCN
-from torchlight.config import ConfigError
+from torchlight.config import ConfigError, check_kwargs
 
 TINY_MAMP = dict(dim_feat=8, depth=1, num_heads=2, num_frames=8, num_joints=4, t_patch_size=2)
 TINY_STGCN = dict(hidden_channels=2, hidden_dim=4, num_class=3)
@@ -49,3 +49,22 @@ def test_a_refused_model_argument_names_its_key(build, key):
     with pytest.raises(ConfigError) as err:
         build()
     assert str(err.value).startswith(f'model_args.{key}'), str(err.value)
+
+
+@pytest.mark.parametrize('kwargs, key', [
+    ({'topk': 'abc'}, 'topk'),                      # AimCLR's own argument (default 1)
+    ({'queue_size': 'big'}, 'queue_size'),          # MoCo's, through the method's signature
+    ({'hidden_channels': 'x'}, 'hidden_channels'),  # the encoder's (default 64)
+])
+def test_a_word_for_a_numeric_argument_names_its_key(kwargs, key):
+    from net.aimclr import AimCLR
+    with pytest.raises(ConfigError) as err:
+        check_kwargs(kwargs, 'model_args', AimCLR, STGCN)
+    assert str(err.value).startswith(f"model_args.{key}: cannot read '{kwargs[key]}' as a number"), str(err.value)
+
+
+def test_numbers_written_as_words_and_non_numeric_defaults_pass():
+    from net.aimclr import AimCLR
+    # '1e-4' and '3' are numbers; eadm's default is a word; qk_scale's default is None (YAML 'None')
+    check_kwargs({'Temperature': '1e-4', 'topk': '3', 'eadm': 'off'}, 'model_args', AimCLR, STGCN)
+    check_kwargs({'qk_scale': 'None'}, 'model_args', MAMPTransformer)

@@ -224,19 +224,31 @@ def _set(cfg, options, dotted, value, origin):
 
 
 def check_kwargs(kwargs, where, *callables):
-    """Raise ConfigError for keys of `kwargs` that none of `callables` accepts by name.
+    """Raise ConfigError for keys of `kwargs` that none of `callables` accepts by name, and for a
+    word given where the accepting signature's default is a number.
 
     Classes whose constructor takes **kwargs are ignored for this check only when they are the
     only target, so explicit signatures still catch typos.
     """
-    accepted = set()
+    accepted, defaults = set(), {}
     for fn in callables:
-        params = inspect.signature(fn).parameters.values()
-        accepted.update(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
-    for key in kwargs:
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                accepted.add(p.name)
+                if p.default is not p.empty:
+                    defaults.setdefault(p.name, p.default)
+    for key, value in kwargs.items():
         if key not in accepted:
             raise ConfigError(f'unknown key {key!r} in {where}{suggest(key, accepted)} '
                               f'(accepted: {", ".join(sorted(accepted))})')
+        # a word where the signature's default is a number would fail later inside int()/float()
+        default = defaults.get(key)
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                float(value)
+            except ValueError:
+                raise ConfigError(f'{where}.{key}: cannot read {value!r} as a number '
+                                  f'(the default is {default!r})') from None
 
 
 def dump(cfg, path, header=''):
