@@ -119,6 +119,10 @@ def test_runner_resumes_an_interrupted_pretraining(tmp_path):
     (['--set', 'num_epoch=1', '--tag', 'default'], "--tag 'default': use letters"),   # the suite's data name
     (['--tag', 'a, b]'], "--tag 'a, b]'"),
     (['--data', 'missing'], "--data: no data variant 'missing'"),
+    # a misspelt stream prefix or option is refused before any stage runs, naming the task
+    (['--tag', 'x', '--set', 'bnoe.num_epoch=1'], "'bnoe' is not an option of pretrain_skeletonclr (did you mean: bone?)"),
+    (['--tag', 'x', '--set', 'probe.base_lrr=1'], "'base_lrr' is not an option of linear_evaluation (did you mean: base_lr?)"),
+    (['--tag', 'x', '--set', 'all.stream_scale.motion=2'], "'stream_scale' is not an option of"),
 ])
 def test_runner_bad_arguments_exit_2(tmp_path, capsys, argv, message):
     path, _ = write_suite(tmp_path)

@@ -446,7 +446,8 @@ def build_parser():
                         'run\'s pretraining is evaluated, and the baselines get the same probe), or, as all.KEY=VALUE, '
                         'options of every stage (e.g. all.model_args.hidden_channels=32: pretraining, probe and '
                         'k-NN build the same encoder), or, as STREAM.KEY=VALUE (joint, motion, bone), '
-                        'a pretraining option of that stream only (e.g. bone.num_epoch=10); needs --tag')
+                        'a pretraining option of that stream only (e.g. bone.num_epoch=10); needs --tag. An option that '
+                        'a task it reaches does not declare is refused before any stage runs')
     p.add_argument('--eval-epochs', type=int, nargs='+', default=[],
                    help='also evaluate these intermediate pretraining epochs (model selection of the epoch '
                         'count on --split val; checkpoints are saved at their greatest common divisor)')
@@ -473,6 +474,23 @@ def main(argv=None):
         return 2
 
 
+def check_set_option(item, name, reach, rows):
+    """Refuse a --set option that a task it reaches does not declare, before any stage runs: a
+    misspelt stream prefix (bnoe.num_epoch=10) would otherwise reach the pretraining as option
+    'bnoe' and stop the run at its first stage. `reach`: 'pretrain', 'probe' or 'all'."""
+    from torchlight.config import suggest
+    from torchlight.registry import TASKS
+    tasks = {'probe': {'linear_evaluation'}, 'all': {'linear_evaluation', 'knn_retrieval'}}.get(reach, set())
+    if reach != 'probe':
+        tasks.update(r['pretrain'][0] for r in rows if 'pretrain' in r)
+    for task in sorted(tasks):
+        options = TASKS.get(task).options
+        if name not in options:
+            words = [*options, *STREAMS, 'all', 'probe']
+            raise SuiteError(f'--set {item}: {name!r} is not an option of {task}{suggest(name, words)}; '
+                             f'prefixes: {", ".join(STREAMS)} (that stream), all. (every stage), probe. (the probe)')
+
+
 def run(args):
     suite = load_suite(args.suite)
     suite.setdefault('data', 'default')
@@ -488,6 +506,10 @@ def run(args):
     if args.tag in data_names or not re.fullmatch(r'[A-Za-z0-9_.-]*', args.tag):
         raise SuiteError(f'--tag {args.tag!r}: use letters, digits and _ . - and not the name of the '
                          f'suite\'s data ({sorted(data_names)})')
+    rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
+    if args.rows and len(rows) != len(set(args.rows)):
+        known = [r['method'] for r in suite['rows']]
+        raise SuiteError(f'unknown row(s) {sorted(set(args.rows) - set(known))}; the suite has {known}')
     overrides, probe, shared = [], [], []
     stream_overrides = {}   # STREAM.KEY=VALUE: that stream's pretraining only (e.g. a shorter bone schedule)
     for item in args.set:
@@ -497,6 +519,7 @@ def run(args):
         prefix, _, rest = key.partition('.')
         if not rest:
             overrides += [f'--{key}', value]
+            rest = key
         elif prefix == 'probe':   # a linear-evaluation option: the pretraining is not touched
             probe += [f'--{rest}', value]
         elif prefix == 'all':   # every stage, e.g. an encoder's width that the probe must match
@@ -505,14 +528,12 @@ def run(args):
             stream_overrides.setdefault(prefix, []).extend([f'--{rest}', value])
         else:
             overrides += [f'--{key}', value]
+            rest = key
+        check_set_option(item, rest.split('.')[0], prefix if prefix in ('probe', 'all') else 'pretrain', rows)
     # a variant that changes the pretraining has its own; the untagged run and probe variants share one
     pretrain_tag = args.tag if overrides or shared or stream_overrides else ''
     if args.eval_epochs:
         overrides += ['--save_interval', str(functools.reduce(math.gcd, args.eval_epochs))]
-    rows = [r for r in suite['rows'] if not args.rows or r['method'] in args.rows]
-    if args.rows and len(rows) != len(set(args.rows)):
-        known = [r['method'] for r in suite['rows']]
-        raise SuiteError(f'unknown row(s) {sorted(set(args.rows) - set(known))}; the suite has {known}')
     seeds = args.seeds or suite.get('seeds', [0])
 
     jobs = []
