@@ -474,15 +474,17 @@ def main(argv=None):
         return 2
 
 
-def check_set_option(item, name, reach, rows):
+def check_set_option(item, name, reach, suite_rows, rows):
     """Refuse a --set option that a task it reaches does not declare, before any stage runs: a
     misspelt stream prefix (bnoe.num_epoch=10) would otherwise reach the pretraining as option
     'bnoe' and stop the run at its first stage. `reach`: 'pretrain', 'probe' or 'all'."""
     from torchlight.config import suggest
     from torchlight.registry import TASKS
     tasks = {'probe': {'linear_evaluation'}, 'all': {'linear_evaluation', 'knn_retrieval'}}.get(reach, set())
-    if reach != 'probe':
-        tasks.update(r['pretrain'][0] for r in rows if 'pretrain' in r)
+    if reach != 'probe':   # a weights_from row's pretraining is its source row's
+        sources = {r['method']: r for r in suite_rows}
+        tasks.update(sources[r.get('weights_from', r['method'])]['pretrain'][0] for r in rows
+                     if 'pretrain' in sources[r.get('weights_from', r['method'])])
     for task in sorted(tasks):
         options = TASKS.get(task).options
         if name not in options:
@@ -517,10 +519,11 @@ def run(args):
             raise SuiteError(f'--set {item!r}: expected KEY=VALUE')
         key, value = item.split('=', 1)
         prefix, _, rest = key.partition('.')
-        if not rest:
-            overrides += [f'--{key}', value]
-            rest = key
-        elif prefix == 'probe':   # a linear-evaluation option: the pretraining is not touched
+        if not rest or prefix not in ('probe', 'all', *STREAMS):
+            prefix, rest = None, key   # a pretraining option
+        check_set_option(item, rest.split('.')[0], prefix if prefix in ('probe', 'all') else 'pretrain',
+                         suite['rows'], rows)
+        if prefix == 'probe':   # a linear-evaluation option: the pretraining is not touched
             probe += [f'--{rest}', value]
         elif prefix == 'all':   # every stage, e.g. an encoder's width that the probe must match
             shared += [f'--{rest}', value]
@@ -528,8 +531,6 @@ def run(args):
             stream_overrides.setdefault(prefix, []).extend([f'--{rest}', value])
         else:
             overrides += [f'--{key}', value]
-            rest = key
-        check_set_option(item, rest.split('.')[0], prefix if prefix in ('probe', 'all') else 'pretrain', rows)
     # a variant that changes the pretraining has its own; the untagged run and probe variants share one
     pretrain_tag = args.tag if overrides or shared or stream_overrides else ''
     if args.eval_epochs:
