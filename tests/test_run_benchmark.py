@@ -1,6 +1,7 @@
 """tools/run_benchmark.py end to end on tiny data, and the raw-coordinate baseline encoder."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -55,6 +56,12 @@ def write_suite(tmp_path):
     return path, suite
 
 
+def logged_epoch_seconds(job_dir):
+    """{epoch: seconds} of the 'Epoch E done ... | S s, ' lines of a job's pretraining log."""
+    with open(os.path.join(job_dir, 'pretrain', 'log.txt')) as f:
+        return {int(e): float(t) for e, t in re.findall(r'Epoch (\d+) done .*\| ([\d.]+) s, ', f.read())}
+
+
 def test_runner_writes_rows_and_skips_finished_stages(tmp_path, capsys):
     path, suite = write_suite(tmp_path)
     assert run_benchmark.main(['--suite', path]) == 0
@@ -65,7 +72,10 @@ def test_runner_writes_rows_and_skips_finished_stages(tmp_path, capsys):
     for key in ('method', 'stream', 'linear_top1_final', 'linear_top1_best', 'knn_top1', 'pretrain_seconds',
                 'epochs', 'device', 'config', 'commit'):
         assert key in ssl
-    assert ssl['epochs'] == 2 and ssl['pretrain_seconds'] > 0 and ssl['stream'] == 'joint'
+    assert ssl['epochs'] == 2 and ssl['stream'] == 'joint'
+    # the logged epoch times, summed (a tiny epoch on a fast machine is logged as 0.0 s)
+    logged = logged_epoch_seconds(os.path.join(suite['work_root'], 'skeletonclr', 'joint', 'seed0'))
+    assert sorted(logged) == [1, 2] and ssl['pretrain_seconds'] == round(sum(logged.values()), 1)
     assert 0 <= ssl['linear_top1_final'] <= 100 and ssl['linear_top1_best'] >= ssl['linear_top1_final']
     # the row holds what the evaluation wrote
     linear = json.load(open(os.path.join(ssl['work_dir'], 'linear', 'results.json')))
@@ -109,7 +119,9 @@ def test_runner_resumes_an_interrupted_pretraining(tmp_path):
     rows = {(r['method'], r['epochs']): r for r in json.load(open(suite['results']['test']))}
     first, last = rows[('skeletonclr', 1)], rows[('skeletonclr', 2)]
     assert os.path.isfile(os.path.join(work, 'linear_e1', 'results.json'))
-    assert 0 < first['pretrain_seconds'] < last['pretrain_seconds']
+    logged = logged_epoch_seconds(work)
+    assert first['pretrain_seconds'] == round(logged[1], 1)
+    assert last['pretrain_seconds'] == round(logged[1] + logged[2], 1) >= first['pretrain_seconds']
 
 
 @pytest.mark.parametrize('argv, message', [
