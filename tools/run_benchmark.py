@@ -482,9 +482,9 @@ def check_set_option(item, name, reach, suite_rows, rows):
     from torchlight.registry import TASKS
     tasks = {'probe': {'linear_evaluation'}, 'all': {'linear_evaluation', 'knn_retrieval'}}.get(reach, set())
     if reach != 'probe':   # a weights_from row's pretraining is its source row's
-        sources = {r['method']: r for r in suite_rows}
-        tasks.update(sources[r.get('weights_from', r['method'])]['pretrain'][0] for r in rows
-                     if 'pretrain' in sources[r.get('weights_from', r['method'])])
+        by_method = {r['method']: r for r in suite_rows}
+        pretrained = (by_method[r.get('weights_from', r['method'])] for r in rows)
+        tasks.update(r['pretrain'][0] for r in pretrained if 'pretrain' in r)
     for task in sorted(tasks):
         options = TASKS.get(task).options
         if name not in options:
