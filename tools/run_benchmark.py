@@ -264,13 +264,15 @@ class Job:
         with open(path) as f:
             return json.load(f)
 
-    def result(self):
+    def result(self, made):
+        """The job's row; made: its provenance() (None: this machine and commit, for a run from
+        before provenance files)."""
         supervised = self.kind == 'supervised'
         linear = json.load(open(os.path.join(self.eval_dir('finetune' if supervised else 'linear'), 'results.json')))
         # the supervised reference has no k-NN (its saved model is the test-selected best epoch)
         knn = {} if supervised else json.load(open(os.path.join(self.eval_dir('knn'), 'knn_results.json')))
         pct = lambda v: None if v is None else round(100 * v, 2)
-        made = self.provenance() or {'commit': commit(), 'device': device_name()}
+        made = made or {'commit': commit(), 'device': device_name()}
         config = {'ssl': lambda: self.pretrain_row['pretrain'][1], 'untrained': lambda: self.row['evaluate'],
                   'supervised': lambda: self.row['supervised'],
                   'raw': lambda: self.suite['raw_baseline']['evaluate']}[self.kind]()
@@ -601,8 +603,9 @@ def run(args):
     previous = {row_key(r): r for r in read_rows(out_json)}
     results = []
     for job in jobs:
-        result = job.result()
-        if job.provenance() is None and row_key(result) in previous:   # a run from before provenance files
+        made = job.provenance()
+        result = job.result(made)
+        if made is None and row_key(result) in previous:   # a run from before provenance files
             old = previous[row_key(result)]
             result.update({k: old[k] for k in ('commit', 'device') if k in old})
         results.append(result)
