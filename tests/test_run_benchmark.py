@@ -533,3 +533,31 @@ def test_plot_results_grows_with_its_legend_so_no_entry_is_cut_off(tmp_path):
         heights.append(image.imread(str(tmp_path / f'{name}.png')).shape[0])
     # 60 legend lines at 7 pt need more than 60 * 7 / 72 * 120 dpi ~ 700 pixels
     assert heights[1] > heights[0] and heights[1] > 700
+
+
+def test_commit_is_dirty_for_changed_code_but_not_for_changed_docs(tmp_path, monkeypatch):
+    """A row's commit says whether the code that made it differs from HEAD; the runner's own result
+    tables (docs/results) and other docs change no figure, so they leave it clean."""
+    import subprocess
+    git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=tmp_path,
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    (tmp_path / 'net').mkdir()
+    (tmp_path / 'docs' / 'results').mkdir(parents=True)
+    (tmp_path / 'net' / 'encoder.py').write_text('WIDTH = 16\n')
+    (tmp_path / 'docs' / 'results' / 'rows.json').write_text('[]\n')
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-qm', 'init')
+    sha = git('rev-parse', '--short', 'HEAD')
+    monkeypatch.setattr(run_benchmark, 'ROOT', str(tmp_path))
+    try:
+        run_benchmark.commit.cache_clear()
+        assert run_benchmark.commit() == sha
+        (tmp_path / 'docs' / 'results' / 'rows.json').write_text('[{"method": "m"}]\n')
+        run_benchmark.commit.cache_clear()
+        assert run_benchmark.commit() == sha
+        (tmp_path / 'net' / 'encoder.py').write_text('WIDTH = 32\n')
+        run_benchmark.commit.cache_clear()
+        assert run_benchmark.commit() == sha + '-dirty'
+    finally:
+        run_benchmark.commit.cache_clear()

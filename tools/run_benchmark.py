@@ -316,11 +316,14 @@ def device_name():
 
 @functools.lru_cache(maxsize=None)
 def commit():
+    """HEAD's short hash, '-dirty' when tracked code or configs differ from it. docs/ is left out:
+    nothing there changes a figure, and the runner's own result tables live there, so a second
+    invocation would otherwise mark every row it makes -dirty."""
     try:
         sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.',
+                                ':(exclude)docs'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return sha + ('-dirty' if dirty else '')
     except (OSError, subprocess.CalledProcessError):
         return 'unknown'
