@@ -561,3 +561,11 @@ def test_commit_is_dirty_for_changed_code_but_not_for_changed_docs(tmp_path, mon
         assert run_benchmark.commit() == sha + '-dirty'
     finally:
         run_benchmark.commit.cache_clear()
+
+
+def test_cpu_model_names_family_and_model_of_the_first_cpu():
+    first = 'processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n'
+    second = 'processor\t: 1\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Other\n'
+    assert run_benchmark.cpu_model(first + '\n' + second) == 'AMD EPYC, family 25 model 17'
+    assert run_benchmark.cpu_model('model name\t: Intel(R) Xeon(R) Processor\n') == 'Intel(R) Xeon(R) Processor'
+    assert run_benchmark.cpu_model('processor\t: 0\n') is None
